@@ -1,0 +1,30 @@
+"""gradmidi: listen to neural networks train.
+
+Every layer's gradient norm, each step, becomes a note on that layer's own MIDI channel;
+NaN, Inf, spikes and skipped mixed-precision steps become percussion and markers.
+"""
+
+__version__ = "0.1.0"
+
+from .clock import Clock  # noqa: E402
+from .detect import SpikeSettings  # noqa: E402
+from .errors import GradmidiError  # noqa: E402
+from .instruments import DRUM_KEYS, GM_PROGRAMS  # noqa: E402
+from .mapping import SCALES, Mapping  # noqa: E402
+from .scorefile import ScoreFile, read_score  # noqa: E402
+from .sinks.base import Sink  # noqa: E402
+
+
+def __getattr__(name):
+    # torch is imported only when a Sonifier is wanted, so reading scores stays light.
+    if name == "Sonifier":
+        from .sonifier import Sonifier
+
+        return Sonifier
+    raise AttributeError(f"module 'gradmidi' has no attribute {name!r}")
+
+
+__all__ = [
+    "Sonifier", "Mapping", "Clock", "SpikeSettings", "Sink", "ScoreFile", "read_score",
+    "GradmidiError", "SCALES", "GM_PROGRAMS", "DRUM_KEYS", "__version__",
+]

@@ -1,0 +1,204 @@
+"""Norm <-> pitch: log scaling into a register, quantised to a musical scale.
+
+A pure function of (values, settings), torch-free. The settings travel inside every
+score (``Mapping.to_dict``) so that a .mid file can be decoded back into norms.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .errors import GradmidiError
+
+SCALES: dict[str, tuple[int, ...]] = {
+    "chromatic": tuple(range(12)),
+    "major": (0, 2, 4, 5, 7, 9, 11),
+    "minor": (0, 2, 3, 5, 7, 8, 10),  # natural minor
+    "major_pentatonic": (0, 2, 4, 7, 9),
+    "minor_pentatonic": (0, 3, 5, 7, 10),
+    "whole_tone": (0, 2, 4, 6, 8, 10),
+    "dorian": (0, 2, 3, 5, 7, 9, 10),
+    "harmonic_minor": (0, 2, 3, 5, 7, 8, 11),
+    "blues": (0, 3, 5, 6, 7, 10),
+}
+SCALE_ALIASES = {
+    "natural_minor": "minor", "aeolian": "minor", "ionian": "major",
+    "pentatonic": "major_pentatonic", "wholetone": "whole_tone",
+}
+KEYS = {"c": 0, "d": 2, "e": 4, "f": 5, "g": 7, "a": 9, "b": 11}
+
+
+def scale_intervals(name: str) -> tuple[int, ...]:
+    key = name.strip().lower().replace("-", "_").replace(" ", "_")
+    key = SCALE_ALIASES.get(key, key)
+    if key not in SCALES:
+        raise GradmidiError(f"unknown scale {name!r}; choose one of: {', '.join(SCALES)}")
+    return SCALES[key]
+
+
+def key_pitch_class(key: str | int) -> int:
+    """0-11 from a note name such as 'A', 'F#', 'Bb' (or a number)."""
+    if isinstance(key, int) and not isinstance(key, bool):
+        return key % 12
+    text = str(key).strip().lower()
+    if not text or text[0] not in KEYS or any(c not in "#b♯♭" for c in text[1:]):
+        raise GradmidiError(f"unknown key {key!r}; use a note name such as C, F#, Bb")
+    return (KEYS[text[0]] + sum(1 if c in "#♯" else -1 for c in text[1:])) % 12
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """How a gradient norm becomes a note.
+
+    ``norm_range`` is fixed by default so that the same norm gives the same pitch in
+    every run; ``adaptive=True`` re-centres the range on the run's own quantiles after a
+    warm-up (each change is recorded in the score, so decoding stays exact).
+    """
+
+    scale: str = "minor_pentatonic"
+    key: str | int = "A"
+    low_note: int = 36
+    high_note: int = 96
+    norm_range: tuple[float, float] = (1e-4, 1e2)
+    velocity: int | str = 80  # an int, or "norm" (louder for higher norms)
+    adaptive: bool = False
+    adaptive_warmup: int = 50
+    adaptive_every: int = 200
+    adaptive_quantiles: tuple[float, float] = (0.02, 0.98)
+    pitch_classes: tuple[int, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        intervals = scale_intervals(self.scale)
+        root = key_pitch_class(self.key)
+        object.__setattr__(self, "pitch_classes", tuple(sorted((root + i) % 12 for i in intervals)))
+        object.__setattr__(self, "norm_range", tuple(float(v) for v in self.norm_range))
+        if not (0 <= self.low_note < self.high_note <= 127):
+            raise GradmidiError(
+                f"register {self.low_note}-{self.high_note} is invalid: need 0 <= low_note < high_note <= 127"
+            )
+        lo, hi = self.norm_range
+        if not (0 < lo < hi and math.isfinite(hi)):
+            raise GradmidiError(f"norm_range {self.norm_range} is invalid: need 0 < low < high < inf")
+        if not any(p % 12 in self.pitch_classes for p in range(self.low_note, self.high_note + 1)):
+            raise GradmidiError("the register holds no note of the scale")
+        if isinstance(self.velocity, str):
+            if self.velocity != "norm":
+                raise GradmidiError(f"velocity must be 1-127 or 'norm', not {self.velocity!r}")
+        elif not (1 <= int(self.velocity) <= 127):
+            raise GradmidiError(f"velocity {self.velocity} is out of range 1-127")
+        if self.adaptive_warmup < 1 or self.adaptive_every < 1:
+            raise GradmidiError("adaptive_warmup and adaptive_every must be at least 1")
+
+    # -- the scale as an array of allowed MIDI notes inside the register
+    @property
+    def notes(self) -> np.ndarray:
+        allowed = [p for p in range(self.low_note, self.high_note + 1) if p % 12 in self.pitch_classes]
+        return np.asarray(allowed, dtype=np.int64)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data.pop("pitch_classes")
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Mapping:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k != "pitch_classes"}
+        for name in ("norm_range", "adaptive_quantiles"):
+            if name in known:
+                known[name] = tuple(known[name])
+        return cls(**known)
+
+
+@dataclass
+class PitchMapper:
+    """Applies a Mapping; holds the current range (which moves only when adaptive)."""
+
+    mapping: Mapping
+    log_range: tuple[float, float] = field(init=False)
+
+    def __post_init__(self) -> None:
+        lo, hi = self.mapping.norm_range
+        self.log_range = (math.log10(lo), math.log10(hi))
+        self._notes = self.mapping.notes
+        self._history: list[np.ndarray] = []
+        self._seen = 0
+
+    def pitches(self, norms: np.ndarray) -> np.ndarray:
+        """MIDI notes for norms; -1 where a norm is not a positive finite number (silence)."""
+        return norms_to_pitches(norms, self.log_range, self.mapping, self._notes)
+
+    def velocities(self, pitches: np.ndarray) -> np.ndarray:
+        vel = self.mapping.velocity
+        if vel == "norm":
+            span = max(self.mapping.high_note - self.mapping.low_note, 1)
+            return np.clip(40 + (pitches - self.mapping.low_note) * 80 // span, 1, 127).astype(np.int64)
+        return np.full(pitches.shape, int(vel), dtype=np.int64)
+
+    def observe(self, norms: np.ndarray) -> tuple[float, float] | None:
+        """Feed a step's norms; returns the new log range when the adaptive range moves."""
+        if not self.mapping.adaptive:
+            return None
+        good = norms[np.isfinite(norms) & (norms > 0)]
+        if good.size:
+            self._history.append(np.log10(good))
+        self._seen += 1
+        m = self.mapping
+        due = self._seen == m.adaptive_warmup or (
+            self._seen > m.adaptive_warmup and (self._seen - m.adaptive_warmup) % m.adaptive_every == 0
+        )
+        if not due or not self._history:
+            return None
+        recent = np.concatenate(self._history[-max(m.adaptive_every, m.adaptive_warmup):])
+        self._history = self._history[-max(m.adaptive_every, m.adaptive_warmup):]
+        lo, hi = np.quantile(recent, m.adaptive_quantiles)
+        if hi - lo < 0.5:  # keep at least half a decade so a flat run does not zoom into noise
+            mid = (hi + lo) / 2
+            lo, hi = mid - 0.25, mid + 0.25
+        self.log_range = (float(lo), float(hi))
+        return self.log_range
+
+
+def norms_to_pitches(
+    norms: np.ndarray, log_range: tuple[float, float], mapping: Mapping, notes: np.ndarray | None = None
+) -> np.ndarray:
+    """Log10 norm -> continuous pitch in the register -> nearest scale note. Vectorised."""
+    notes = mapping.notes if notes is None else notes
+    norms = np.asarray(norms, dtype=np.float64)
+    valid = np.isfinite(norms) & (norms > 0)
+    lo, hi = log_range
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frac = (np.log10(np.where(valid, norms, 1.0)) - lo) / (hi - lo)
+    continuous = mapping.low_note + np.clip(frac, 0.0, 1.0) * (mapping.high_note - mapping.low_note)
+    idx = np.clip(np.searchsorted(notes, continuous), 1, len(notes) - 1) if len(notes) > 1 else np.zeros(
+        continuous.shape, dtype=np.int64
+    )
+    if len(notes) > 1:
+        below, above = notes[idx - 1], notes[idx]
+        chosen = np.where(continuous - below <= above - continuous, below, above)
+    else:
+        chosen = notes[idx]
+    return np.where(valid, chosen, -1).astype(np.int64)
+
+
+def pitches_to_norms(pitches: np.ndarray, log_range: tuple[float, float], mapping: Mapping) -> np.ndarray:
+    """The inverse of the continuous part: the norm at the centre of a note's bin."""
+    pitches = np.asarray(pitches, dtype=np.float64)
+    lo, hi = log_range
+    frac = (pitches - mapping.low_note) / (mapping.high_note - mapping.low_note)
+    return np.power(10.0, lo + frac * (hi - lo))
+
+
+def half_step_log(pitch: int, mapping: Mapping, log_range: tuple[float, float]) -> float:
+    """Half the larger gap to a neighbouring scale note, in log10 units: the decode tolerance."""
+    notes = mapping.notes
+    i = int(np.searchsorted(notes, pitch))
+    gaps = []
+    if i > 0:
+        gaps.append(notes[i] - notes[i - 1])
+    if i + 1 < len(notes):
+        gaps.append(notes[i + 1] - notes[i])
+    per_semitone = (log_range[1] - log_range[0]) / (mapping.high_note - mapping.low_note)
+    return max(gaps or [1]) / 2 * per_semitone

@@ -1,0 +1,132 @@
+"""Host values -> slots: voice norms, aggregation over ``every`` steps, events, notes.
+
+Shared by live runs and replayed logs: it sees numpy arrays only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .detect import Detector, SpikeSettings
+from .errors import GradmidiError
+from .mapping import PitchMapper
+from .score import Event, ScoreHeader, Slot
+
+AGGREGATES = ("max", "rms")
+
+
+class ScoreBuilder:
+    def __init__(
+        self,
+        header: ScoreHeader,
+        assignment: np.ndarray,
+        *,
+        aggregate: str = "max",
+        spikes: SpikeSettings | None = None,
+        first_step: int = 0,
+    ) -> None:
+        if aggregate not in AGGREGATES:
+            raise GradmidiError(f"aggregate must be one of {', '.join(AGGREGATES)}, not {aggregate!r}")
+        self.header = header
+        self.clock = header.clock
+        self.assignment = np.asarray(assignment, dtype=np.int64)
+        self.n_voices = len(header.voices)
+        self.aggregate = aggregate
+        self.first_step = first_step
+        self.detector = Detector([v.name for v in header.voices], spikes)
+        self.mapper = PitchMapper(header.mapping)
+        self._slot: int | None = None
+        self._rows: list[np.ndarray] = []
+        self._present: list[np.ndarray] = []
+        self._events: list[Event] = []
+        self._markers: list[str] = []
+        self._loss: float | None = None
+        self._last_step: int | None = None
+
+    def voice_norms(self, layer_norms: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Root of the sum of squares per voice; NaN where no member layer had a gradient."""
+        keep = (self.assignment >= 0) & present
+        squares = np.bincount(
+            self.assignment[keep], weights=np.square(layer_norms[keep]), minlength=self.n_voices
+        )
+        voice_present = np.bincount(self.assignment[keep], minlength=self.n_voices) > 0
+        norms = np.sqrt(squares)
+        norms[~voice_present] = np.nan
+        return norms, voice_present
+
+    def add_step(
+        self, step: int, layer_norms: np.ndarray, present: np.ndarray, loss: float | None = None,
+        skipped: bool = False,
+    ) -> list[Slot]:
+        """Adds one step; returns the slots this step completed (usually zero or one)."""
+        if self._last_step is not None and step <= self._last_step:
+            raise GradmidiError(f"step {step} arrived after step {self._last_step}: steps must increase")
+        self._last_step = step
+        norms, voice_present = self.voice_norms(np.asarray(layer_norms, dtype=np.float64), np.asarray(present))
+        slot = self.clock.slot_of(step - self.first_step)
+        done = self._advance(slot)
+        self._events += self.detector.step(step, norms, voice_present, loss, skipped)
+        self._rows.append(norms)
+        self._present.append(voice_present)
+        if loss is not None:
+            self._loss = loss
+        return done
+
+    def add_marker(self, step: int, text: str) -> list[Slot]:
+        done = self._advance(self.clock.slot_of(step - self.first_step))
+        self._markers.append(text)
+        return done
+
+    def finish(self) -> list[Slot]:
+        return self._advance(None)
+
+    def _advance(self, slot: int | None) -> list[Slot]:
+        if self._slot is None:
+            self._slot = slot
+            return []
+        if slot is not None and slot == self._slot:
+            return []
+        done = [self._close_slot()] if (self._rows or self._markers or self._events) else []
+        self._slot = slot
+        return done
+
+    def _close_slot(self) -> Slot:
+        if self._rows:
+            norms = _aggregate(np.vstack(self._rows), np.vstack(self._present), self.aggregate)
+        else:
+            norms = np.full(self.n_voices, np.nan)
+        new_range = self.mapper.observe(norms)
+        pitches = self.mapper.pitches(norms)
+        slot = Slot(
+            index=self._slot,
+            first_step=self.first_step + self._slot * self.clock.every,
+            steps=len(self._rows),
+            norms=norms,
+            pitches=pitches,
+            velocities=self.mapper.velocities(pitches),
+            events=self._events,
+            markers=self._markers,
+            log_range=new_range,
+            loss=self._loss,
+        )
+        self._rows, self._present, self._events, self._markers, self._loss = [], [], [], [], None
+        return slot
+
+
+def _aggregate(rows: np.ndarray, present: np.ndarray, how: str) -> np.ndarray:
+    """Per voice over a slot's steps: max or rms of the steps with a gradient.
+
+    A NaN step makes the slot NaN and an Inf step makes it Inf: an alarm is never averaged away.
+    """
+    if rows.shape[0] == 1:
+        return rows[0].copy()
+    values = np.where(present, rows, 0.0)
+    with np.errstate(invalid="ignore", over="ignore"):
+        if how == "max":
+            out = np.max(np.where(present, rows, -np.inf), axis=0)
+        else:
+            out = np.sqrt(np.sum(np.square(values), axis=0) / np.maximum(present.sum(axis=0), 1))
+    out[np.any(present & np.isinf(rows), axis=0)] = np.inf
+    out[np.any(present & np.isnan(rows), axis=0)] = np.nan
+    out[~present.any(axis=0)] = np.nan
+    return out

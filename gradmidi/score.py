@@ -1,0 +1,102 @@
+"""The score's records: the voice table, training events and one slot of music.
+
+These plain objects are the one truth every sink consumes; sinks only decide where
+and when they go.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .clock import Clock
+from .mapping import Mapping
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Voice:
+    """One melodic line: a layer, or a group of layers sounded as the root of their sum of squares."""
+
+    index: int
+    name: str
+    layers: tuple[str, ...]
+    kind: str
+    channel: int
+    program: int
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["layers"] = list(self.layers)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Voice:
+        return cls(
+            index=int(data["index"]), name=str(data["name"]), layers=tuple(data["layers"]),
+            kind=str(data["kind"]), channel=int(data["channel"]), program=int(data["program"]),
+        )
+
+
+@dataclass(frozen=True)
+class Event:
+    """A training event sounded on the drum channel and written as a marker."""
+
+    step: int
+    kind: str  # one of instruments.EVENT_KINDS
+    voices: tuple[str, ...] = ()
+    value: float | None = None
+
+    def label(self) -> str:
+        where = f" {', '.join(self.voices)}" if self.voices else ""
+        value = f" ({self.value:.4g})" if self.value is not None else ""
+        return f"{self.kind}{where}{value} @ step {self.step}"
+
+
+@dataclass(frozen=True)
+class ScoreHeader:
+    """Everything needed to read a score back: voices, mapping, clock and provenance."""
+
+    voices: tuple[Voice, ...]
+    mapping: Mapping
+    clock: Clock
+    title: str = "gradmidi"
+    info: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT_VERSION,
+            "title": self.title,
+            "voices": [v.to_dict() for v in self.voices],
+            "mapping": self.mapping.to_dict(),
+            "clock": self.clock.to_dict(),
+            "info": self.info,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ScoreHeader:
+        return cls(
+            voices=tuple(Voice.from_dict(v) for v in data["voices"]),
+            mapping=Mapping.from_dict(data["mapping"]),
+            clock=Clock.from_dict(data["clock"]),
+            title=str(data.get("title", "gradmidi")),
+            info=dict(data.get("info", {})),
+        )
+
+
+@dataclass
+class Slot:
+    """One grid slot: the aggregated norms of its steps, their notes, and its events."""
+
+    index: int
+    first_step: int
+    steps: int
+    norms: np.ndarray  # per voice; NaN/Inf kept, NaN also where a voice had no gradient
+    pitches: np.ndarray  # per voice; -1 = silent
+    velocities: np.ndarray
+    events: list[Event] = field(default_factory=list)
+    markers: list[str] = field(default_factory=list)
+    log_range: tuple[float, float] | None = None  # set when the adaptive range moved here
+    loss: float | None = None

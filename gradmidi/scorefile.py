@@ -1,0 +1,159 @@
+"""Reading a gradmidi .mid back: voices, notes, events, markers and the decoded norms."""
+
+from __future__ import annotations
+
+import bisect
+import csv
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import GradmidiError, NotAScoreError
+from .instruments import DRUM_CHANNEL, DRUM_KEYS, GM_PROGRAMS
+from .mapping import pitches_to_norms
+from .score import ScoreHeader
+from .smf import HEADER_TAG, RANGE_TAG, parse_json_meta
+
+KIND_OF_KEY = {key: kind for kind, key in DRUM_KEYS.items()}
+
+
+@dataclass
+class ScoreFile:
+    path: Path
+    header: ScoreHeader
+    notes: dict[int, list[tuple[int, int, int]]] = field(default_factory=dict)  # voice -> (slot, pitch, velocity)
+    drums: list[tuple[int, str]] = field(default_factory=list)  # (slot, kind)
+    markers: list[tuple[int, str]] = field(default_factory=list)  # (slot, text)
+    ranges: list[tuple[int, tuple[float, float]]] = field(default_factory=list)  # (from slot, log range)
+    last_slot: int = -1
+
+    @property
+    def clock(self):
+        return self.header.clock
+
+    def step_of(self, slot: int) -> int:
+        return int(self.header.info.get("first_step", 0)) + slot * self.clock.every
+
+    def log_range_at(self, slot: int) -> tuple[float, float]:
+        starts = [s for s, _ in self.ranges]
+        i = bisect.bisect_right(starts, slot) - 1
+        return self.ranges[i][1]
+
+    def decode(self) -> list[tuple[int, str, float]]:
+        """(step, voice name, norm) for every sounded note, in step then voice order."""
+        rows = []
+        mapping = self.header.mapping
+        for voice in self.header.voices:
+            for slot, pitch, _ in self.notes.get(voice.index, []):
+                norm = float(pitches_to_norms(np.array([pitch]), self.log_range_at(slot), mapping)[0])
+                rows.append((self.step_of(slot), voice.index, voice.name, norm))
+        rows.sort(key=lambda r: (r[0], r[1]))
+        return [(step, name, norm) for step, _, name, norm in rows]
+
+    def write_csv(self, out: str | os.PathLike) -> int:
+        rows = self.decode()
+        with open(out, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["step", "voice", "norm"])
+            for step, name, norm in rows:
+                writer.writerow([step, name, f"{norm:.6g}"])
+        return len(rows)
+
+    def summary(self) -> dict:
+        """What ``gradmidi inspect`` shows: voices, pitch ranges, steps, events."""
+        voices = []
+        for v in self.header.voices:
+            pitches = [p for _, p, _ in self.notes.get(v.index, [])]
+            voices.append({
+                "name": v.name, "channel": v.channel + 1, "program": v.program,
+                "instrument": GM_PROGRAMS[v.program], "kind": v.kind, "layers": len(v.layers),
+                "notes": len(pitches),
+                "pitch_range": [min(pitches), max(pitches)] if pitches else None,
+            })
+        kinds = Counter(kind for _, kind in self.drums)
+        first = {}
+        for slot, kind in self.drums:
+            first.setdefault(kind, self.step_of(slot))
+        clock = self.clock
+        return {
+            "file": str(self.path),
+            "title": self.header.title,
+            "model": self.header.info.get("model"),
+            "steps": self.step_of(self.last_slot) + clock.every if self.last_slot >= 0 else 0,
+            "slots": self.last_slot + 1,
+            "every": clock.every,
+            "bpm": round(clock.bpm, 3),
+            "seconds": round(clock.seconds_of(self.last_slot + 1), 3),
+            "scale": f"{self.header.mapping.key} {self.header.mapping.scale}",
+            "voices": voices,
+            "events": {kind: kinds.get(kind, 0) for kind in KIND_OF_KEY.values() if kind != "epoch"},
+            "first_event_step": first,
+            "markers": [[self.step_of(slot), text] for slot, text in self.markers],
+        }
+
+
+def read_score(path: str | os.PathLike) -> ScoreFile:
+    """Parses a score written by gradmidi; one-line GradmidiError for anything else."""
+    import mido
+
+    path = Path(path)
+    if not path.exists():
+        raise GradmidiError(f"{path}: no such file")
+    if path.is_dir():
+        raise GradmidiError(f"{path}: is a folder, not a MIDI file")
+    try:
+        midi = mido.MidiFile(path, clip=True)
+    except (OSError, EOFError, ValueError, KeyError, IndexError) as exc:
+        raise GradmidiError(f"{path}: not a readable MIDI file ({exc})") from None
+    header = None
+    ranges: list[tuple[int, tuple[float, float]]] = []
+    markers, drums = [], []
+    notes: dict[int, list[tuple[int, int, int]]] = {}
+    raw_events = []
+    for track in midi.tracks:
+        tick = 0
+        for msg in track:
+            tick += msg.time
+            raw_events.append((tick, msg))
+    for tick, msg in raw_events:
+        if msg.type == "sequencer_specific":
+            parsed = parse_json_meta(msg.data)
+            if parsed and parsed[0] == HEADER_TAG:
+                header = parsed[1]
+            elif parsed and parsed[0] == RANGE_TAG:
+                ranges.append((int(parsed[1]["slot"]), tuple(parsed[1]["log_range"])))
+    if header is None:
+        raise NotAScoreError(f"{path}: a MIDI file, but not a gradmidi score (no gradmidi header)")
+    try:
+        score_header = ScoreHeader.from_dict(header)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise GradmidiError(f"{path}: damaged gradmidi header ({exc})") from None
+    clock, mapping = score_header.clock, score_header.mapping
+    lo, hi = mapping.norm_range
+    ranges = [(0, (float(np.log10(lo)), float(np.log10(hi))))] + sorted(ranges)
+    voice_of_channel = {v.channel: v.index for v in score_header.voices}
+    last_slot = -1
+    for tick, msg in raw_events:
+        if msg.type == "note_on" and msg.velocity > 0:
+            slot = clock.slot_at_tick(tick)
+            last_slot = max(last_slot, slot)
+            if msg.channel == DRUM_CHANNEL:
+                kind = KIND_OF_KEY.get(msg.note)
+                if kind and kind != "epoch":
+                    drums.append((slot, kind))
+            elif msg.channel in voice_of_channel:
+                notes.setdefault(voice_of_channel[msg.channel], []).append((slot, msg.note, msg.velocity))
+        elif msg.type == "marker":
+            slot = clock.slot_at_tick(tick)
+            last_slot = max(last_slot, slot)
+            markers.append((slot, msg.text))
+        elif msg.type == "end_of_track" and tick > 0:
+            last_slot = max(last_slot, clock.slot_at_tick(tick) - 1)
+    for entries in notes.values():
+        entries.sort()
+    drums.sort()
+    markers.sort(key=lambda m: m[0])
+    return ScoreFile(path, score_header, notes, drums, markers, ranges, last_slot)

@@ -1,0 +1,244 @@
+"""The public entry point: ``Sonifier(model, "run.mid")`` and ``son.step(loss=loss)``.
+
+The training thread only launches the norm kernels and hands a handle to a bounded
+queue (never blocking: if gradmidi falls behind by ``queue_size`` steps, a step is
+dropped and counted rather than stalling training). A worker thread waits for the host
+copies, detects events, maps notes and feeds the sinks; the .mid file is flushed from
+there too.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import queue
+import signal
+import threading
+import warnings
+import weakref
+from collections.abc import Mapping as MappingABC
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .capture import NormCapture, discover_layers
+from .clock import Clock
+from .detect import SpikeSettings
+from .errors import GradmidiError
+from .mapping import Mapping
+from .pipeline import ScoreBuilder
+from .score import ScoreHeader
+from .sinks.base import Sink, SinkFanout
+from .sinks.midifile import MidiFileSink
+from .voices import plan_voices
+
+_MAPPING_OPTIONS = set(Mapping.__dataclass_fields__) - {"pitch_classes"}
+_CLOCK_OPTIONS = {"bpm", "slot_beats", "every", "arpeggio", "gate"}
+_LIVE: weakref.WeakSet[Sonifier] = weakref.WeakSet()
+
+
+class Sonifier:
+    """Listens to a model's gradients; one note per layer (or voice) per step.
+
+    Call ``step`` after ``loss.backward()`` (after ``scaler.unscale_`` under mixed precision),
+    before gradient clipping and ``optimizer.step()``. Mapping options (``scale``, ``key``,
+    ``low_note``, ``high_note``, ``norm_range``, ``velocity``, ``adaptive``) and clock options
+    (``bpm``, ``every``, ``arpeggio``, ``gate``) may be given as keyword arguments.
+    """
+
+    def __init__(
+        self,
+        model,
+        path: str | os.PathLike | None = None,
+        *,
+        mapping: Mapping | None = None,
+        voices: list[str] | MappingABC[str, Any] | None = None,
+        programs: MappingABC[str, int | str] | None = None,
+        max_voices: int = 15,
+        aggregate: str = "max",
+        duration: float | None = None,
+        total_steps: int | None = None,
+        spikes: SpikeSettings | None = None,
+        epoch_downbeat: bool = False,
+        include_frozen: bool = False,
+        sinks: list[Sink] | None = None,
+        title: str | None = None,
+        flush_interval: float = 2.0,
+        queue_size: int = 4096,
+        **options: Any,
+    ) -> None:
+        unknown = set(options) - _MAPPING_OPTIONS - _CLOCK_OPTIONS
+        if unknown:
+            raise GradmidiError(f"unknown Sonifier option(s): {', '.join(sorted(unknown))}")
+        map_opts = {k: v for k, v in options.items() if k in _MAPPING_OPTIONS}
+        if mapping is not None and map_opts:
+            raise GradmidiError("give either mapping= or mapping options, not both")
+        mapping = mapping or Mapping(**map_opts)
+        clock_opts = {k: v for k, v in options.items() if k in _CLOCK_OPTIONS}
+        if duration is not None:
+            if not total_steps:
+                raise GradmidiError("duration= needs total_steps= (how many steps the run will take)")
+            clock_opts.pop("bpm", None)
+            clock = Clock.for_duration(duration, total_steps, **clock_opts)
+        else:
+            clock = Clock(**clock_opts)
+
+        layers = discover_layers(model, include_frozen=include_frozen)
+        table, assignment = plan_voices(
+            [(layer.name, layer.class_name) for layer in layers],
+            voices=voices, programs=programs, max_voices=max_voices,
+        )
+        self.header = ScoreHeader(
+            voices=table, mapping=mapping, clock=clock, title=title or type(model).__name__,
+            info={"gradmidi": __version__, "model": type(model).__name__, "aggregate": aggregate,
+                  "layers": [layer.name for layer in layers], "first_step": 0},
+        )
+        self.voices = table
+        self.layers = layers
+        self._capture = NormCapture(layers)
+        self._builder = ScoreBuilder(self.header, assignment, aggregate=aggregate, spikes=spikes)
+        all_sinks = ([MidiFileSink(path, flush_interval, epoch_downbeat)] if path is not None else []) + list(
+            sinks or []
+        )
+        self._sinks = SinkFanout(all_sinks)
+        self._sinks.open(self.header)
+        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._steps = 0
+        self._epochs = 0
+        self.dropped = 0
+        self.events: list = []  # every event so far, for summaries (small: events are rare)
+        self.slots = 0
+        self._closed = False
+        self._interrupted = False
+        self._close_lock = threading.Lock()
+        self._worker = threading.Thread(target=self._work, name="gradmidi", daemon=True)
+        self._worker.start()
+        _install_exit_hooks(self)
+
+    # -- training thread ------------------------------------------------------------
+    def step(self, loss=None, scaler=None) -> None:
+        """Sounds this step's gradients. Never blocks and never raises on NaN/Inf."""
+        if self._closed:
+            return
+        scaling = bool(scaler is not None and scaler.is_enabled())
+        pending = self._capture.launch(loss)
+        self._put(("step", self._steps, pending, scaling))
+        self._steps += 1
+
+    def epoch(self, label: str | None = None) -> None:
+        """Marks an epoch boundary before the next step."""
+        if self._closed:
+            return
+        self._epochs += 1
+        self._put(("marker", self._steps, label or f"epoch {self._epochs}"))
+
+    def marker(self, text: str) -> None:
+        """A free text marker (for example 'lr warm-up done') before the next step."""
+        if not self._closed:
+            self._put(("marker", self._steps, str(text)))
+
+    def _put(self, item) -> None:
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            if self.dropped == 0:
+                warnings.warn("gradmidi is falling behind training; dropping steps", RuntimeWarning, stacklevel=3)
+            self.dropped += 1
+
+    # -- worker thread ----------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            try:
+                item = self._queue.get(timeout=0.25)
+            except queue.Empty:
+                self._sinks.tick()
+                continue
+            if item is None:
+                break
+            try:
+                self._handle(item)
+            except Exception as exc:  # never let the worker die silently and stall close()
+                warnings.warn(f"gradmidi: dropped a step after an error: {exc}", RuntimeWarning, stacklevel=1)
+            self._sinks.tick()
+        for slot in self._builder.finish():
+            self._emit(slot)
+
+    def _handle(self, item) -> None:
+        if item[0] == "step":
+            _, step, pending, scaling = item
+            norms, present, loss = pending.result()
+            skipped = scaling and not np.all(np.isfinite(norms[present]))
+            slots = self._builder.add_step(step, norms, present, loss, skipped)
+        else:
+            _, step, text = item
+            slots = self._builder.add_marker(step, text)
+        for slot in slots:
+            self._emit(slot)
+
+    def _emit(self, slot) -> None:
+        self.events.extend(slot.events)
+        self.slots += 1
+        self._sinks.emit(slot)
+
+    # -- closing --------------------------------------------------------------------
+    def close(self) -> None:
+        """Finishes the score: every note closed, every sink flushed. Safe to call twice."""
+        with self._close_lock:
+            if self._closed:
+                return
+            if self._interrupted:
+                self._put(("marker", self._steps, "interrupted"))
+            self._closed = True
+        self._queue.put(None)
+        self._worker.join()
+        self._sinks.close()
+        _LIVE.discard(self)
+
+    @property
+    def steps(self) -> int:
+        return self._steps
+
+    def __enter__(self) -> Sonifier:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+_hooks_installed = False
+
+
+def _install_exit_hooks(son: Sonifier) -> None:
+    """atexit closes every open Sonifier; SIGINT marks them interrupted, then acts as before.
+
+    The SIGINT handler does no closing itself (it may run while the training thread holds
+    the queue's lock): the KeyboardInterrupt it leads to unwinds through ``with`` blocks,
+    and atexit closes whatever is still open.
+    """
+    global _hooks_installed
+    _LIVE.add(son)
+    if _hooks_installed:
+        return
+    _hooks_installed = True
+    atexit.register(_close_all)
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.getsignal(signal.SIGINT)
+
+        def on_sigint(signum, frame):
+            for live in list(_LIVE):
+                live._interrupted = True
+            if callable(previous):
+                previous(signum, frame)
+            elif previous == signal.SIG_DFL:
+                signal.default_int_handler(signum, frame)
+
+        try:
+            signal.signal(signal.SIGINT, on_sigint)
+        except ValueError:  # not the main interpreter thread after all
+            pass
+
+
+def _close_all() -> None:
+    for son in list(_LIVE):
+        son.close()

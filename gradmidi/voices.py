@@ -1,0 +1,159 @@
+"""Layers -> voices: at most 15 melodic voices per MIDI port, each on its own channel.
+
+Up to ``max_voices`` layers each get a voice. Beyond that, layers are grouped by module
+path: the group holding the most layers is split into its children while the budget
+allows, and a group with too many children is cut into contiguous runs of them
+(``encoder.layers.0-5``). A group's norm is the root of the sum of its layers' squares.
+Users may instead name the voices with glob patterns.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections import Counter
+from collections.abc import Mapping as MappingABC
+from collections.abc import Sequence
+
+import numpy as np
+
+from .errors import GradmidiError
+from .instruments import MELODIC_CHANNELS, kind_program, layer_kind, program_number
+from .score import Voice
+
+MAX_VOICES = len(MELODIC_CHANNELS)
+ROOT_NAME = "(root)"
+
+VoiceSpec = Sequence[str] | MappingABC[str, str | Sequence[str]]
+
+
+def plan_voices(
+    layers: Sequence[tuple[str, str]],
+    *,
+    voices: VoiceSpec | None = None,
+    programs: MappingABC[str, int | str] | None = None,
+    max_voices: int = MAX_VOICES,
+) -> tuple[tuple[Voice, ...], np.ndarray]:
+    """Voices for ``layers`` (name, module class name) and each layer's voice index (-1: unsounded)."""
+    if not 1 <= max_voices <= MAX_VOICES:
+        raise GradmidiError(f"max_voices must be 1-{MAX_VOICES}: channel 10 is for drums")
+    if not layers:
+        raise GradmidiError("the model has no parameters to listen to")
+    names = [name or ROOT_NAME for name, _ in layers]
+    if voices is not None:
+        groups = _groups_from_patterns(names, voices)
+        if len(groups) > max_voices:
+            raise GradmidiError(f"{len(groups)} voices asked for, but a MIDI port holds at most {max_voices}")
+    else:
+        groups = _groups_by_prefix(names, max_voices)
+    kinds = [layer_kind(cls) for _, cls in layers]
+    assignment = np.full(len(layers), -1, dtype=np.int64)
+    table = []
+    per_kind: Counter[str] = Counter()
+    for index, (voice_name, members) in enumerate(groups):
+        assignment[members] = index
+        kind = Counter(kinds[i] for i in members).most_common(1)[0][0]
+        program = kind_program(kind, per_kind[kind])
+        per_kind[kind] += 1
+        table.append(Voice(index, voice_name, tuple(names[i] for i in members), kind, MELODIC_CHANNELS[index], program))
+    table = _apply_programs(table, programs or {})
+    return tuple(table), assignment
+
+
+def _groups_from_patterns(names: list[str], spec: VoiceSpec) -> list[tuple[str, list[int]]]:
+    items = list(spec.items()) if isinstance(spec, MappingABC) else [(p, p) for p in spec]
+    if not items:
+        raise GradmidiError("voices= is empty: name at least one layer pattern")
+    taken: set[int] = set()
+    groups = []
+    for voice_name, patterns in items:
+        patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+        members = [
+            i for i, n in enumerate(names)
+            if i not in taken and any(fnmatch.fnmatchcase(n, p) or n == p for p in patterns)
+        ]
+        if not members:
+            raise GradmidiError(f"voice pattern {patterns!r} matches no layer (layers: {_preview(names)})")
+        taken.update(members)
+        groups.append((str(voice_name), members))
+    return groups
+
+
+def _preview(names: list[str], limit: int = 6) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _groups_by_prefix(names: list[str], max_voices: int) -> list[tuple[str, list[int]]]:
+    if len(names) <= max_voices:
+        return [(n, [i]) for i, n in enumerate(names)]
+    parts = [[] if n == ROOT_NAME else n.split(".") for n in names]
+    # A group: (path prefix as parts, member indices, display name)
+    groups: list[tuple[list[str], list[int], str]] = [([], list(range(len(names))), "all")]
+    progress = True
+    while progress:
+        progress = False
+        for gi in sorted(range(len(groups)), key=lambda g: -len(groups[g][1])):
+            prefix, members, _ = groups[gi]
+            if len(members) < 2 or (prefix and prefix[-1].startswith("\0")):
+                continue  # a single layer, or a cut run of siblings: nothing left to split
+            children = _children(prefix, members, parts)
+            budget = max_voices - len(groups) + 1
+            if len(children) == 1:
+                groups[gi] = children[0]  # descend: same group, longer path
+                progress = True
+                break
+            if len(children) > budget:
+                if budget < 2:
+                    continue
+                children = _chunk(prefix, children, budget)
+            groups[gi : gi + 1] = children
+            progress = True
+            break
+    groups.sort(key=lambda g: min(g[1]))
+    return [(display or ROOT_NAME, sorted(members)) for _, members, display in groups]
+
+
+def _children(prefix: list[str], members: list[int], parts: list[list[str]]) -> list[tuple[list[str], list[int], str]]:
+    depth = len(prefix)
+    by_child: dict[str, list[int]] = {}
+    for i in members:
+        key = parts[i][depth] if len(parts[i]) > depth else ""  # "": the prefix module itself
+        by_child.setdefault(key, []).append(i)
+    out = []
+    for key, idx in by_child.items():
+        path = prefix + [key] if key else prefix
+        if not key and len(by_child) > 1:
+            out.append((prefix + ["\0self"], idx, ".".join(prefix) or ROOT_NAME))
+        else:
+            out.append((path, idx, ".".join(path)))
+    return out
+
+
+def _chunk(prefix, children, n):
+    """Cut ``children`` (in model order) into ``n`` contiguous groups named by their range."""
+    bounds = np.linspace(0, len(children), n + 1).round().astype(int)
+    out = []
+    base = ".".join(prefix)
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        run = children[a:b]
+        first, last = run[0][2].split(".")[-1], run[-1][2].split(".")[-1]
+        label = first if a + 1 == b else f"{first}-{last}"
+        members = sorted(i for child in run for i in child[1])
+        out.append((prefix + [f"\0{label}"], members, f"{base}.{label}" if base else label))
+    return out
+
+
+def _apply_programs(table: list[Voice], programs: MappingABC[str, int | str]) -> list[Voice]:
+    """Overrides by voice name, layer name, or glob pattern over either; later entries win."""
+    out = list(table)
+    for pattern, program in programs.items():
+        number = program_number(program)
+        hit = False
+        for i, v in enumerate(out):
+            candidates = (v.name, *v.layers)
+            if any(fnmatch.fnmatchcase(c, pattern) or c == pattern for c in candidates):
+                out[i] = Voice(v.index, v.name, v.layers, v.kind, v.channel, number)
+                hit = True
+        if not hit:
+            raise GradmidiError(f"programs pattern {pattern!r} matches no voice or layer")
+    return out
