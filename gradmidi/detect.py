@@ -18,35 +18,46 @@ from .score import Event
 @dataclass(frozen=True)
 class SpikeSettings:
     alpha: float = 0.97  # EMA decay (ZClip's default)
-    z: float = 2.5  # z-score threshold (ZClip's default)
-    warmup: int = 25  # steps before any spike is reported (ZClip's default)
-    min_jump: float = 0.3  # and at least this far above the mean, in log10 (x2): ignores jitter of flat runs
+    z: float = 4.0  # z-score threshold (ZClip uses 2.5 for clipping; an alarm wants fewer false hits)
+    warmup: int = 8  # steps before a z-score spike can be reported
+    min_jump: float = 0.7  # and at least this far above the mean, in log10 (x5): ignores jitter of small batches
+    big_jump: float = 1.0  # tenfold above the mean is a spike after only `early` steps
+    early: int = 3
     loss_z: float = 3.0
     loss_min_ratio: float = 1.5  # a loss spike is also at least this multiple of the running mean
     repeat_every: int = 16  # while a voice stays NaN/Inf, sound the alarm again every N steps
 
 
 class ZScore:
-    """EMA mean/variance per channel, with warm-up; ``update`` returns which entries spiked."""
+    """EMA mean/variance per channel; ``update`` returns which entries spiked.
 
-    def __init__(self, size: int, alpha: float, warmup: int) -> None:
-        self.alpha, self.warmup = alpha, warmup
+    A spike is z > ``z`` and at least ``min_gap`` above the mean once ``warmup`` values
+    were seen, or ``big_gap`` above the mean after only ``early`` values (an explosion in
+    the first steps should not hide behind the warm-up). As in ZClip, a spiked value is
+    learnt clipped to the threshold, so a new plateau becomes the baseline in time.
+    """
+
+    def __init__(self, size: int, alpha: float, warmup: int, early: int = 3, big_gap: float = np.inf) -> None:
+        self.alpha, self.warmup, self.early, self.big_gap = alpha, warmup, early, big_gap
         self.mean = np.zeros(size)
         self.var = np.zeros(size)
         self.count = np.zeros(size, dtype=np.int64)
 
     def update(self, x: np.ndarray, z: float, min_gap: float) -> np.ndarray:
         finite = np.isfinite(x)
-        ready = finite & (self.count >= self.warmup)
         std = np.sqrt(np.maximum(self.var, 1e-12))
-        spiked = ready & ((x - self.mean) / std > z) & (x - self.mean > min_gap)
-        learn = finite & ~spiked
-        first = learn & (self.count == 0)
+        gap = np.where(finite, x - self.mean, 0.0)
+        by_z = (self.count >= self.warmup) & (gap > z * std) & (gap > min_gap)
+        by_size = (self.count >= self.early) & (gap > self.big_gap)
+        spiked = finite & (by_z | by_size)
+        ceiling = self.mean + np.maximum(np.maximum(z * std, min_gap), np.where(by_size & ~by_z, self.big_gap, 0))
+        value = np.where(spiked, np.minimum(x, ceiling), x)
+        first = finite & (self.count == 0)
         a = self.alpha
-        delta = np.where(learn, x - self.mean, 0.0)
-        self.mean = np.where(first, x, self.mean + np.where(learn & ~first, (1 - a) * delta, 0.0))
-        self.var = np.where(learn & ~first, a * (self.var + (1 - a) * delta**2), self.var)
-        self.count += learn
+        delta = np.where(finite, value - self.mean, 0.0)
+        self.mean = np.where(first, value, self.mean + np.where(finite & ~first, (1 - a) * delta, 0.0))
+        self.var = np.where(finite & ~first, a * (self.var + (1 - a) * delta**2), self.var)
+        self.count += finite
         return spiked
 
 
@@ -57,9 +68,9 @@ class Detector:
         self.names = voice_names
         self.settings = settings or SpikeSettings()
         s = self.settings
-        self._norms = ZScore(len(voice_names), s.alpha, s.warmup)
+        self._norms = ZScore(len(voice_names), s.alpha, s.warmup, s.early, s.big_jump)
         self._loss = ZScore(1, s.alpha, s.warmup)
-        self._bad_since: dict[str, int] = {}  # voice -> step its NaN/Inf alarm last sounded
+        self._bad_since: dict[str, int] = {}  # voice (or "loss") -> step its NaN/Inf alarm last sounded
 
     def step(
         self, step: int, norms: np.ndarray, present: np.ndarray, loss: float | None = None, skipped: bool = False
@@ -99,7 +110,12 @@ class Detector:
 
     def _loss_event(self, step: int, loss: float) -> list[Event]:
         if not np.isfinite(loss):
+            last = self._bad_since.get("\0loss")
+            if last is not None and step - last < self.settings.repeat_every:
+                return []
+            self._bad_since["\0loss"] = step
             return [Event(step, "loss_spike", (), float(loss))]
+        self._bad_since.pop("\0loss", None)
         mean_before = float(self._loss.mean[0])
         spiked = self._loss.update(np.array([loss], dtype=np.float64), self.settings.loss_z, 0.0)[0]
         if spiked and loss > self.settings.loss_min_ratio * abs(mean_before):

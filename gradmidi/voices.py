@@ -136,11 +136,17 @@ def _chunk(prefix, children, n):
     base = ".".join(prefix)
     for a, b in zip(bounds[:-1], bounds[1:]):
         run = children[a:b]
-        first, last = run[0][2].split(".")[-1], run[-1][2].split(".")[-1]
+        first, last = _child_key(run[0]), _child_key(run[-1])
         label = first if a + 1 == b else f"{first}-{last}"
         members = sorted(i for child in run for i in child[1])
         out.append((prefix + [f"\0{label}"], members, f"{base}.{label}" if base else label))
     return out
+
+
+def _child_key(child) -> str:
+    """A child's own path component; the parent's own parameters are called 'self'."""
+    path = child[0]
+    return "self" if path and path[-1] == "\0self" else child[2].split(".")[-1]
 
 
 def _apply_programs(table: list[Voice], programs: MappingABC[str, int | str]) -> list[Voice]:
