@@ -147,9 +147,7 @@ def read_score(path: str | os.PathLike) -> ScoreFile:
             elif msg.channel in voice_of_channel:
                 notes.setdefault(voice_of_channel[msg.channel], []).append((slot, msg.note, msg.velocity))
         elif msg.type == "marker":
-            slot = clock.slot_at_tick(tick)
-            last_slot = max(last_slot, slot)
-            markers.append((slot, msg.text))
+            markers.append((clock.slot_at_tick(tick), msg.text))
         elif msg.type == "end_of_track" and tick > 0:
             last_slot = max(last_slot, clock.slot_at_tick(tick) - 1)
     for entries in notes.values():

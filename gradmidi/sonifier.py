@@ -14,6 +14,7 @@ import os
 import queue
 import signal
 import threading
+import time
 import warnings
 import weakref
 from collections.abc import Mapping as MappingABC
@@ -36,6 +37,7 @@ from .voices import plan_voices
 _MAPPING_OPTIONS = set(Mapping.__dataclass_fields__) - {"pitch_classes"}
 _CLOCK_OPTIONS = {"bpm", "slot_beats", "every", "arpeggio", "gate"}
 _LIVE: weakref.WeakSet[Sonifier] = weakref.WeakSet()
+BATCH_SECONDS = 0.02
 
 
 class Sonifier:
@@ -148,19 +150,31 @@ class Sonifier:
 
     # -- worker thread ----------------------------------------------------------------
     def _work(self) -> None:
-        while True:
+        # Work in batches (every BATCH_SECONDS at most) rather than per step: fewer thread
+        # switches and less GIL ping-pong with the training thread.
+        running = True
+        while running:
             try:
-                item = self._queue.get(timeout=0.25)
+                batch = [self._queue.get(timeout=0.25)]
             except queue.Empty:
                 self._sinks.tick()
                 continue
-            if item is None:
-                break
-            try:
-                self._handle(item)
-            except Exception as exc:  # never let the worker die silently and stall close()
-                warnings.warn(f"gradmidi: dropped a step after an error: {exc}", RuntimeWarning, stacklevel=1)
+            while True:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            for item in batch:
+                if item is None:
+                    running = False
+                    break
+                try:
+                    self._handle(item)
+                except Exception as exc:  # never let the worker die silently and stall close()
+                    warnings.warn(f"gradmidi: dropped a step after an error: {exc}", RuntimeWarning, stacklevel=1)
             self._sinks.tick()
+            if running:
+                time.sleep(BATCH_SECONDS)
         for slot in self._builder.finish():
             self._emit(slot)
 

@@ -65,7 +65,8 @@ class MidiFileSink(Sink):
     def emit(self, slot: Slot) -> None:
         clock, voices = self.clock, self.header.voices
         start = clock.tick_of(slot.index)
-        self._end_tick = clock.tick_of(slot.index + 1)
+        if slot.steps:  # a slot holding only markers (an epoch after the last step) adds no time
+            self._end_tick = clock.tick_of(slot.index + 1)
         conductor, drums = self._tracks[0], self._tracks[-1]
         if slot.log_range is not None:
             conductor.add(start, json_meta(RANGE_TAG, {"slot": slot.index, "log_range": list(slot.log_range)}))

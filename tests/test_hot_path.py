@@ -1,0 +1,65 @@
+"""The training step is sacred: a fixed handful of fused ops per step, and no host read.
+
+Every torch op that ``son.step`` dispatches is recorded with a TorchDispatchMode (the real
+dispatcher, on the CPU). A host sync on any device goes through ``aten._local_scalar_dense``
+(``.item()``, ``float(t)``, ``bool(t)``) or a device-to-host copy that is waited on; neither may appear, and
+the number of ops must not grow with the number of layers.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+import torch.nn as nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import gradmidi
+
+
+class OpRecorder(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[str(func.overloadpacket.__name__)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _ops_per_step(n_layers: int, dtype=torch.float32) -> Counter[str]:
+    model = nn.Sequential(*[nn.Linear(8, 8) for _ in range(n_layers)]).to(dtype)
+    with gradmidi.Sonifier(model, None, max_voices=15) as son:
+        model(torch.randn(4, 8, dtype=dtype)).float().pow(2).mean().backward()
+        loss = torch.tensor(1.5)
+        son.step(loss=loss)  # first step builds and caches the plan (index tensors)
+        recorder = OpRecorder()
+        with recorder:
+            son.step(loss=loss)
+    return recorder.ops
+
+
+def test_step_dispatches_no_host_read():
+    ops = _ops_per_step(40)
+    assert "_local_scalar_dense" not in ops
+    assert "item" not in ops
+
+
+def test_step_cost_does_not_grow_with_the_number_of_layers():
+    few, many = _ops_per_step(3), _ops_per_step(300)
+    assert few == many, (few, many)
+    assert sum(many.values()) <= 12  # zeros, norm, stack, cast, square, index_add, loss write, copy
+    assert many["_foreach_norm"] == 1
+
+
+def test_one_fused_norm_per_dtype_group():
+    model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8).to(torch.bfloat16), nn.Linear(8, 8).half())
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    with gradmidi.Sonifier(model, None) as son:
+        son.step()
+        recorder = OpRecorder()
+        with recorder:
+            son.step()
+    assert recorder.ops["_foreach_norm"] == 3
+    assert "_local_scalar_dense" not in recorder.ops
