@@ -42,8 +42,21 @@ class ZScore:
         self.mean = np.zeros(size)
         self.var = np.zeros(size)
         self.count = np.zeros(size, dtype=np.int64)
+        self._settled = False  # every channel past warm-up: the fast path applies
 
     def update(self, x: np.ndarray, z: float, min_gap: float) -> np.ndarray:
+        gap = x - self.mean
+        if self._settled and np.isfinite(gap).all():
+            # The common step: nothing missing, past warm-up. A few vector ops, no masks.
+            std = np.sqrt(self.var)
+            spiked = ((gap > z * std) & (gap > min_gap)) | (gap > self.big_gap)
+            if not spiked.any():
+                a = self.alpha
+                self.mean += (1 - a) * gap
+                self.var = a * (self.var + (1 - a) * gap * gap)
+                self.count += 1
+                return spiked
+        self._settled = bool(self.count.min() >= max(self.warmup, self.early)) if self.count.size else True
         finite = np.isfinite(x)
         std = np.sqrt(np.maximum(self.var, 1e-12))
         gap = np.where(finite, x - self.mean, 0.0)
@@ -93,6 +106,8 @@ class Detector:
         return events
 
     def _non_finite(self, step: int, norms: np.ndarray, present: np.ndarray) -> list[Event]:
+        if not self._bad_since and np.isfinite(norms[present]).all():
+            return []
         events = []
         for kind, mask in (("nan", np.isnan(norms) & present), ("inf", np.isinf(norms) & present)):
             due = []

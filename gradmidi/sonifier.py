@@ -17,6 +17,7 @@ import threading
 import time
 import warnings
 import weakref
+from collections import Counter, deque
 from collections.abc import Mapping as MappingABC
 from typing import Any
 
@@ -109,7 +110,8 @@ class Sonifier:
         self._steps = 0
         self._epochs = 0
         self.dropped = 0
-        self.events: list = []  # every event so far, for summaries (small: events are rare)
+        self.event_counts: Counter[str] = Counter()
+        self.events: deque = deque(maxlen=10_000)  # the most recent events, for summaries
         self.slots = 0
         self._closed = False
         self._interrupted = False
@@ -192,6 +194,7 @@ class Sonifier:
 
     def _emit(self, slot) -> None:
         self.events.extend(slot.events)
+        self.event_counts.update(e.kind for e in slot.events)
         self.slots += 1
         self._sinks.emit(slot)
 

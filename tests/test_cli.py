@@ -160,3 +160,21 @@ def test_bad_api_options_raise_gradmidi_error_naming_the_problem():
         gradmidi.Sonifier(model, None, tempo=90)
     with pytest.raises(gradmidi.GradmidiError, match="tempo"):
         gradmidi.Sonifier(model, None, bpm=5)
+
+
+def test_sonifier_refuses_to_overwrite_a_file_that_is_not_a_score(tmp_path):
+    song = tmp_path / "song.mid"
+    song.write_bytes(b"MThd my own song")
+    with pytest.raises(gradmidi.GradmidiError, match="refusing to overwrite"):
+        gradmidi.Sonifier(nn.Linear(2, 2), song)
+    assert song.read_bytes() == b"MThd my own song"
+
+
+def test_sonifier_overwrites_its_own_earlier_score(score, tmp_path):
+    path = tmp_path / "again.mid"
+    path.write_bytes(score[0].read_bytes())
+    model = nn.Linear(2, 2)
+    with gradmidi.Sonifier(model, path) as son:
+        model(torch.randn(3, 2)).sum().backward()
+        son.step()
+    assert gradmidi.read_score(path).summary()["steps"] == 1

@@ -17,7 +17,7 @@ from pathlib import Path
 from ..errors import GradmidiError
 from ..instruments import DRUM_CHANNEL, DRUM_KEYS
 from ..score import ScoreHeader, Slot
-from ..smf import HEADER_TAG, RANGE_TAG, TrackSpool, json_meta, meta, text_meta, write_file
+from ..smf import HEADER_TAG, RANGE_TAG, SEQUENCER_ID, TrackSpool, json_meta, meta, text_meta, write_file
 from .base import Sink
 
 DRUM_VELOCITY = 110
@@ -33,6 +33,8 @@ class MidiFileSink(Sink):
             raise GradmidiError(f"{self.path} is a folder; give a .mid file name")
         if not self.path.parent.exists():
             raise GradmidiError(f"folder {self.path.parent} does not exist")
+        if self.path.exists() and not is_gradmidi_score(self.path):
+            raise GradmidiError(f"{self.path} exists and is not a gradmidi score; refusing to overwrite it")
         self.flush_interval = flush_interval
         self.epoch_downbeat = epoch_downbeat
         self._tracks: list[TrackSpool] = []
@@ -123,3 +125,10 @@ class MidiFileSink(Sink):
         for track in self._tracks:
             track.close()
         self._tracks = []
+
+
+def is_gradmidi_score(path: Path) -> bool:
+    """True for an empty file or one whose opening holds gradmidi's header (a cheap look, no parse)."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 20)
+    return not head or (SEQUENCER_ID + HEADER_TAG + b"\x00") in head
