@@ -56,9 +56,11 @@ def _console(quiet: bool = False):
               help="Training seed. Batch-256 divergence is chaotic: about half of seeds overflow to NaN, the rest explode and die.")
 @click.option("--scale", default="minor_pentatonic", show_default=True)
 @click.option("--key", default="A", show_default=True)
+@click.option("--audio/--no-audio", default=True, show_default=True,
+              help="Render each score to .wav with FluidSynth and gradmidi's own SoundFont.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the output folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def demo(out_dir, steps, settings, mnist, seed, scale, key, quiet, as_json) -> None:
+def demo(out_dir, steps, settings, mnist, seed, scale, key, audio, quiet, as_json) -> None:
     """Train the seed experiment's CNN in its five settings and write one score per setting."""
     from . import demo as demo_mod
     from .mapping import Mapping
@@ -68,6 +70,13 @@ def demo(out_dir, steps, settings, mnist, seed, scale, key, quiet, as_json) -> N
     data = demo_mod.load_mnist(mnist) if mnist else demo_mod.load_digits_28()
     out_dir.mkdir(parents=True, exist_ok=True)
     console = _console(quiet or as_json)
+    if audio:
+        from .render import fluidsynth_available
+
+        problem = fluidsynth_available()
+        if problem:
+            audio = False
+            click.echo(f"note: scores only, no audio: {problem}", err=True)
     results = []
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -76,7 +85,7 @@ def demo(out_dir, steps, settings, mnist, seed, scale, key, quiet, as_json) -> N
         for setting in chosen:
             task = progress.add_task(setting.label, total=steps)
             results.append(demo_mod.train_setting(
-                setting, data, out_dir, steps=steps, seed=seed, scale=scale, key=key,
+                setting, data, out_dir, steps=steps, seed=seed, scale=scale, key=key, audio=audio,
                 on_step=lambda t=task: progress.advance(t),
             ))
     if as_json:
@@ -86,12 +95,15 @@ def demo(out_dir, steps, settings, mnist, seed, scale, key, quiet, as_json) -> N
         click.echo(str(out_dir))
         return
     console.print(_summary_table(results))
-    console.print(f"Scores written to [bold]{out_dir}/[/]  (open them in any DAW, or: gradmidi inspect FILE)")
+    heard = " and .wav audio" if any(r.audio for r in results) else ""
+    console.print(f"Scores (.mid){heard} written to [bold]{out_dir}/[/]  "
+                  "(open them in any DAW, or: gradmidi inspect FILE)")
 
 
 def _result_json(result) -> dict:
     return {
         "setting": result.setting.name, "label": result.setting.label, "file": str(result.path),
+        "audio": str(result.audio) if result.audio else None,
         "final_loss": result.final_loss, "first_divergence_step": result.first_divergence, **{
             k: result.summary[k] for k in ("steps", "events", "voices")
         },
@@ -182,6 +194,72 @@ def decode(file, out) -> None:
         raise GradmidiError(f"{out}: decode writes CSV; refusing to write it over a .mid name")
     rows = score.write_csv(out)
     click.echo(f"{rows} norms written to {out}", err=True)
+
+
+@cli.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Audio file: .wav, .flac or .ogg (default: FILE with .wav).")
+@click.option("--soundfont", "soundfont", type=click.Path(path_type=Path), default=None,
+              help="SoundFont (default: $GRADMIDI_SOUNDFONT, else gradmidi's own).")
+@click.option("--rate", type=click.IntRange(8000, 192000), default=44100, show_default=True, help="Sample rate.")
+@click.option("--loudness", type=click.FloatRange(-60, 0), default=-16.0, show_default=True,
+              help="Target integrated loudness in LUFS (peaks kept at or below -1 dBFS).")
+@click.option("--raw", is_flag=True, help="Keep FluidSynth's own level: no loudness normalisation.")
+@click.option("--gain", type=click.FloatRange(-60, 24), default=0.0, show_default=True,
+              help="Extra gain in dB, applied after normalisation.")
+@click.option("--jobs", type=click.IntRange(1, 256), default=None,
+              help="Processes for long scores (default: every core).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def render(file, out, soundfont, rate, loudness, raw, gain, jobs, quiet, as_json) -> None:
+    """Render a score to audio through FluidSynth."""
+    from .render import render as render_score
+
+    out = out or file.with_suffix(".wav")
+    console = _console(quiet or as_json)
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("rendering"), BarColumn(), TextColumn("{task.fields[at]}"), TimeRemainingColumn(),
+                  console=console, transient=True,
+                  disable=quiet or as_json or not console.is_terminal) as progress:
+        task = progress.add_task("render", total=None, at="")
+
+        def on_progress(done: float, total: float) -> None:
+            progress.update(task, completed=done, total=total, at=f"{done:.0f}/{total:.0f} s")
+
+        result = render_score(file, out, soundfont, rate=rate, gain=gain, loudness=None if raw else loudness,
+                              jobs=jobs, progress=on_progress)
+    if as_json:
+        click.echo(json.dumps({"file": str(result.path), "seconds": result.seconds, "loudness_lufs": result.loudness,
+                               "soundfont": str(result.soundfont), "jobs": result.jobs}))
+    elif not quiet:
+        level = f"{result.loudness:.1f} LUFS" if not raw else "FluidSynth's own level"
+        console.print(f"{result.path}: {result.seconds:.1f} s, {level}, font {result.soundfont.name}")
+
+
+@cli.command()
+@click.option("--all", "show_all", is_flag=True, help="Also list fonts that are not complete General MIDI sets.")
+@click.option("--json", "as_json", is_flag=True)
+def fonts(show_all, as_json) -> None:
+    """List the General MIDI SoundFonts installed on this machine, and the one in use."""
+    from .fonts import ENV_VAR, font_info, resolve_soundfont, system_fonts
+
+    found = system_fonts(include_all=show_all)
+    current = resolve_soundfont()
+    if as_json:
+        click.echo(json.dumps({"in_use": str(current), "fonts": [
+            {"path": str(f.path), "name": f.name, "bytes": f.size, "programs": f.melodic, "drum_kits": f.drum_kits,
+             "general_midi": f.general_midi} for f in found]}, indent=2))
+        return
+    info = font_info(current)
+    click.echo(f"in use: {current} ({info.name}, {info.size / 1e6:.1f} MB)  [--soundfont, ${ENV_VAR}, bundled]")
+    if not found:
+        click.echo("no General MIDI SoundFonts found in the usual folders "
+                   "(Debian/Ubuntu: apt-get install fluid-soundfont-gm; macOS: brew install --cask musescore)")
+    for f in found:
+        kind = "GM" if f.general_midi else f"{f.melodic} programs"
+        click.echo(f"{f.path}  {f.name}  {f.size / 1e6:.1f} MB  {kind}, {f.drum_kits} drum kit(s)")
 
 
 @cli.command()

@@ -110,6 +110,7 @@ class Result:
     path: Path
     summary: dict = field(default_factory=dict)
     final_loss: float = math.nan
+    audio: Path | None = None
 
     @property
     def first_divergence(self) -> int | None:
@@ -125,6 +126,7 @@ def train_setting(
     steps: int = 200,
     seed: int = 1,
     on_step: Callable[[], None] | None = None,
+    audio: bool = False,
     **sonifier_options,
 ) -> Result:
     """Trains the seed CNN for ``steps`` steps under one setting, sounding every step."""
@@ -138,7 +140,8 @@ def train_setting(
     generator = torch.Generator().manual_seed(seed)
     path = out / f"{setting.name}.mid"
     loss = torch.tensor(math.nan)
-    with Sonifier(model, path, title=setting.label, **sonifier_options) as son:
+    wav = path.with_suffix(".wav") if audio else None
+    with Sonifier(model, path, title=setting.label, audio=wav, **sonifier_options) as son:
         order = torch.randperm(len(images), generator=generator)
         cursor = 0
         for _ in range(steps):
@@ -154,7 +157,8 @@ def train_setting(
             opt.step()
             if on_step:
                 on_step()
-    return Result(setting, path, read_score(path).summary(), float(loss.detach()))
+    return Result(setting, path, read_score(path).summary(), float(loss.detach()),
+                  wav if wav is not None and wav.exists() else None)
 
 
 def pick_settings(names: list[str] | None) -> list[Setting]:

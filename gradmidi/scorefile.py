@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import csv
 import os
+import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from .errors import GradmidiError, NotAScoreError
 from .instruments import DRUM_CHANNEL, DRUM_KEYS, GM_PROGRAMS
 from .mapping import pitches_to_norms
 from .score import ScoreHeader
-from .smf import HEADER_TAG, RANGE_TAG, parse_json_meta
+from .smf import HEADER_TAG, RANGE_TAG, SMFError, parse_json_meta, read_smf
 
 KIND_OF_KEY = {key: kind for kind, key in DRUM_KEYS.items()}
 
@@ -95,36 +96,37 @@ class ScoreFile:
         }
 
 
-def read_score(path: str | os.PathLike) -> ScoreFile:
-    """Parses a score written by gradmidi; one-line GradmidiError for anything else."""
-    import mido
-
+def load_tracks(path: str | os.PathLike) -> tuple[list[list[tuple[int, bytes]]], int]:
+    """(tracks, ticks per beat) of any MIDI file; one-line GradmidiError when it cannot be read."""
     path = Path(path)
     if not path.exists():
         raise GradmidiError(f"{path}: no such file")
     if path.is_dir():
         raise GradmidiError(f"{path}: is a folder, not a MIDI file")
     try:
-        midi = mido.MidiFile(path, clip=True)
-    except (OSError, EOFError, ValueError, KeyError, IndexError) as exc:
-        raise GradmidiError(f"{path}: not a readable MIDI file ({exc})") from None
+        _, division, tracks = read_smf(path.read_bytes())
+    except (SMFError, IndexError, KeyError, struct.error) as exc:
+        raise GradmidiError(f"{path}: not a readable MIDI file ({exc or 'truncated'})") from None
+    return tracks, division
+
+
+def read_score(path: str | os.PathLike) -> ScoreFile:
+    """Parses a score written by gradmidi; one-line GradmidiError for anything else."""
+    return score_from_tracks(path, load_tracks(path)[0])
+
+
+def score_from_tracks(path: str | os.PathLike, tracks: list[list[tuple[int, bytes]]]) -> ScoreFile:
+    path = Path(path)
     header = None
     ranges: list[tuple[int, tuple[float, float]]] = []
-    markers, drums = [], []
-    notes: dict[int, list[tuple[int, int, int]]] = {}
-    raw_events = []
-    for track in midi.tracks:
-        tick = 0
-        for msg in track:
-            tick += msg.time
-            raw_events.append((tick, msg))
-    for tick, msg in raw_events:
-        if msg.type == "sequencer_specific":
-            parsed = parse_json_meta(msg.data)
-            if parsed and parsed[0] == HEADER_TAG:
-                header = parsed[1]
-            elif parsed and parsed[0] == RANGE_TAG:
-                ranges.append((int(parsed[1]["slot"]), tuple(parsed[1]["log_range"])))
+    for track in tracks:
+        for _, event in track:
+            if event[:2] == b"\xff\x7f":
+                parsed = parse_json_meta(_meta_body(event))
+                if parsed and parsed[0] == HEADER_TAG:
+                    header = parsed[1]
+                elif parsed and parsed[0] == RANGE_TAG:
+                    ranges.append((int(parsed[1]["slot"]), tuple(parsed[1]["log_range"])))
     if header is None:
         raise NotAScoreError(f"{path}: a MIDI file, but not a gradmidi score (no gradmidi header)")
     try:
@@ -135,23 +137,37 @@ def read_score(path: str | os.PathLike) -> ScoreFile:
     lo, hi = mapping.norm_range
     ranges = [(0, (float(np.log10(lo)), float(np.log10(hi))))] + sorted(ranges)
     voice_of_channel = {v.channel: v.index for v in score_header.voices}
+    markers, drums = [], []
+    notes: dict[int, list[tuple[int, int, int]]] = {}
     last_slot = -1
-    for tick, msg in raw_events:
-        if msg.type == "note_on" and msg.velocity > 0:
-            slot = clock.slot_at_tick(tick)
-            last_slot = max(last_slot, slot)
-            if msg.channel == DRUM_CHANNEL:
-                kind = KIND_OF_KEY.get(msg.note)
-                if kind and kind != "epoch":
-                    drums.append((slot, kind))
-            elif msg.channel in voice_of_channel:
-                notes.setdefault(voice_of_channel[msg.channel], []).append((slot, msg.note, msg.velocity))
-        elif msg.type == "marker":
-            markers.append((clock.slot_at_tick(tick), msg.text))
-        elif msg.type == "end_of_track" and tick > 0:
-            last_slot = max(last_slot, clock.slot_at_tick(tick) - 1)
+    slot_ticks = clock.slot_ticks
+    for track in tracks:
+        for tick, event in track:
+            status = event[0]
+            if status & 0xF0 == 0x90 and event[2] > 0:
+                slot = tick // slot_ticks
+                last_slot = max(last_slot, slot)
+                channel = status & 0x0F
+                if channel == DRUM_CHANNEL:
+                    kind = KIND_OF_KEY.get(event[1])
+                    if kind and kind != "epoch":
+                        drums.append((slot, kind))
+                elif channel in voice_of_channel:
+                    notes.setdefault(voice_of_channel[channel], []).append((slot, event[1], event[2]))
+            elif event[:2] == b"\xff\x06":
+                markers.append((tick // slot_ticks, _meta_body(event).decode("latin-1")))
+            elif event[:2] == b"\xff\x2f" and tick > 0:
+                last_slot = max(last_slot, tick // slot_ticks - 1)
     for entries in notes.values():
         entries.sort()
     drums.sort()
     markers.sort(key=lambda m: m[0])
     return ScoreFile(path, score_header, notes, drums, markers, ranges, last_slot)
+
+
+def _meta_body(event: bytes) -> bytes:
+    """The data of a whole meta event (FF type varlen data)."""
+    pos = 2
+    while event[pos] & 0x80:
+        pos += 1
+    return event[pos + 1 :]

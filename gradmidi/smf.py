@@ -111,3 +111,110 @@ def write_file(out, tracks: list[TrackSpool], ticks_per_beat: int, end_tick: int
     out.write(b"MThd" + struct.pack(">IHHH", 6, 1, len(tracks), ticks_per_beat))
     for track in tracks:
         track.write_chunk(out, end_tick)
+
+
+# ---------------------------------------------------------------- reading
+DATA_BYTES = {0x80: 2, 0x90: 2, 0xA0: 2, 0xB0: 2, 0xC0: 1, 0xD0: 1, 0xE0: 2}
+
+
+class SMFError(ValueError):
+    """Not a Standard MIDI File, or a damaged one."""
+
+
+def read_smf(data: bytes) -> tuple[int, int, list[list[tuple[int, bytes]]]]:
+    """(format, ticks per beat, tracks as [(absolute tick, event bytes)]) from SMF bytes.
+
+    A lean parser (running status, meta, sysex) for reading scores back fast: mido builds
+    and validates an object per message, which is slow for millions of notes. Meta events
+    come back whole (``FF type len data``); channel events as their 2 or 3 bytes.
+    """
+    if data[:4] != b"MThd" or len(data) < 14:
+        raise SMFError("no MThd header: not a MIDI file")
+    length, fmt, ntracks, division = struct.unpack(">IHHH", data[4:14])
+    if division & 0x8000:
+        raise SMFError("SMPTE time division is not supported")
+    pos = 8 + length
+    tracks = []
+    for _ in range(ntracks):
+        if data[pos : pos + 4] != b"MTrk":
+            raise SMFError(f"track {len(tracks)} is missing or damaged (file truncated?)")
+        (size,) = struct.unpack(">I", data[pos + 4 : pos + 8])
+        start, end = pos + 8, pos + 8 + size
+        if end > len(data):
+            raise SMFError(f"track {len(tracks)} is cut short (file truncated?)")
+        tracks.append(_read_track(data, start, end))
+        pos = end
+    return fmt, division, tracks
+
+
+def _read_track(data: bytes, pos: int, end: int) -> list[tuple[int, bytes]]:
+    events = []
+    tick = 0
+    status = 0
+    while pos < end:
+        delta = 0
+        while True:
+            byte = data[pos]
+            pos += 1
+            delta = (delta << 7) | (byte & 0x7F)
+            if byte < 0x80:
+                break
+        tick += delta
+        first = data[pos]
+        if first == 0xFF:
+            kind = data[pos + 1]
+            length, body = 0, pos + 2
+            while True:
+                byte = data[body]
+                body += 1
+                length = (length << 7) | (byte & 0x7F)
+                if byte < 0x80:
+                    break
+            events.append((tick, data[pos : body + length]))
+            pos = body + length
+            if kind == 0x2F:
+                break
+        elif first in (0xF0, 0xF7):
+            length, body = 0, pos + 1
+            while True:
+                byte = data[body]
+                body += 1
+                length = (length << 7) | (byte & 0x7F)
+                if byte < 0x80:
+                    break
+            pos = body + length
+        else:
+            if first & 0x80:
+                status = first
+                pos += 1
+            elif not status:
+                raise SMFError("data byte without a status byte")
+            n = DATA_BYTES[status & 0xF0]
+            events.append((tick, bytes((status,)) + data[pos : pos + n]))
+            pos += n
+    if pos > end:
+        raise SMFError("an event runs past the end of its track")
+    return events
+
+
+def tempo_map(tracks: list[list[tuple[int, bytes]]]) -> list[tuple[int, int]]:
+    """(tick, microseconds per beat) changes, starting with 120 bpm at tick 0."""
+    changes = sorted((t, int.from_bytes(e[3:6], "big")) for track in tracks for t, e in track
+                     if e[:2] == b"\xff\x51")
+    return [(0, 500_000)] + changes
+
+
+def ticks_to_seconds(ticks, tempos: list[tuple[int, int]], ticks_per_beat: int):
+    """Vectorised tick -> seconds through a tempo map."""
+    import numpy as np
+
+    ticks = np.asarray(ticks, dtype=np.float64)
+    seconds = np.zeros_like(ticks)
+    elapsed = 0.0
+    for i, (start, tempo) in enumerate(tempos):
+        stop = tempos[i + 1][0] if i + 1 < len(tempos) else np.inf
+        inside = (ticks >= start) & (ticks < stop)
+        seconds[inside] = elapsed + (ticks[inside] - start) * tempo / 1e6 / ticks_per_beat
+        if np.isfinite(stop):
+            elapsed += (stop - start) * tempo / 1e6 / ticks_per_beat
+    return seconds

@@ -19,6 +19,7 @@ import warnings
 import weakref
 from collections import Counter, deque
 from collections.abc import Mapping as MappingABC
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -66,6 +67,8 @@ class Sonifier:
         epoch_downbeat: bool = False,
         include_frozen: bool = False,
         sinks: list[Sink] | None = None,
+        audio: str | os.PathLike | None = None,
+        soundfont: str | os.PathLike | None = None,
         title: str | None = None,
         flush_interval: float = 2.0,
         queue_size: int = 4096,
@@ -87,6 +90,8 @@ class Sonifier:
         else:
             clock = Clock(**clock_opts)
 
+        self.audio = self._check_audio(audio, path, soundfont)
+        self.soundfont = soundfont
         layers = discover_layers(model, include_frozen=include_frozen)
         table, assignment = plan_voices(
             [(layer.name, layer.class_name) for layer in layers],
@@ -104,6 +109,7 @@ class Sonifier:
         all_sinks = ([MidiFileSink(path, flush_interval, epoch_downbeat)] if path is not None else []) + list(
             sinks or []
         )
+        self._sinks_all = list(all_sinks)
         self._sinks = SinkFanout(all_sinks)
         self._sinks.open(self.header)
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
@@ -211,6 +217,36 @@ class Sonifier:
         self._worker.join()
         self._sinks.close()
         _LIVE.discard(self)
+        if self.audio is not None:
+            self._render_audio()
+
+    @staticmethod
+    def _check_audio(audio, path, soundfont):
+        """Refuses a bad audio= at once; a missing FluidSynth only warns: the .mid is still written."""
+        if audio is None:
+            return None
+        if path is None:
+            raise GradmidiError("audio= renders the .mid file: give a path for it too")
+        from .fonts import resolve_soundfont
+        from .render import FORMATS, fluidsynth_available
+
+        if Path(audio).suffix.lower() not in FORMATS:
+            raise GradmidiError(f"{audio}: unknown audio format; use .wav, .flac or .ogg")
+        resolve_soundfont(soundfont)
+        problem = fluidsynth_available()
+        if problem:
+            warnings.warn(f"gradmidi: {audio} will not be rendered: {problem}", RuntimeWarning, stacklevel=3)
+            return None
+        return Path(audio)
+
+    def _render_audio(self) -> None:
+        from .render import render
+
+        path = next(s.path for s in self._sinks_all if isinstance(s, MidiFileSink))
+        try:
+            render(path, self.audio, self.soundfont)
+        except Exception as exc:  # the score is safe on disk; a failed render must not raise in __exit__
+            warnings.warn(f"gradmidi: could not render {self.audio}: {exc}", RuntimeWarning, stacklevel=3)
 
     @property
     def steps(self) -> int:
