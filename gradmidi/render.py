@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import multiprocessing
 import os
 import sys
 import tempfile
@@ -104,9 +105,8 @@ def render_timeline(
         sfid = synth.sfload(str(soundfont))
         if sfid < 0:  # pyfluidsynth reports a failed load only through the return value
             raise GradmidiError(f"{soundfont}: FluidSynth could not load this SoundFont")
-        for channel in range(16):
-            if channel != 9:
-                synth.program_select(channel, sfid, 0, 0)
+        for channel in range(16):  # pyfluidsynth's sfload assigns no presets: channel 10 gets the kit
+            synth.program_select(channel, sfid, 128 if channel == 9 else 0, 0)
         total = int(math.ceil((timeline.seconds + tail) * rate))
         out = np.zeros((total, 2), dtype=np.float32)
         base = out.ctypes.data
@@ -173,7 +173,10 @@ def channel_groups(timeline: Timeline, jobs: int) -> list[set[int]]:
 def render_parallel(timeline: Timeline, soundfont: Path, rate: int, tail: float, jobs: int) -> np.ndarray:
     groups = channel_groups(timeline, jobs)
     with tempfile.TemporaryDirectory(prefix="gradmidi-render-") as folder:
-        with ProcessPoolExecutor(max_workers=len(groups)) as pool:
+        # spawn, not fork: a forked child of a process with threads (torch, a running
+        # Sonifier, FluidSynth) can deadlock on a lock some thread held at the fork.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=len(groups), mp_context=context) as pool:
             names = list(pool.map(_render_group, [(timeline.only(g), soundfont, rate, tail, folder) for g in groups]))
         mix = np.load(names[0])
         for name in names[1:]:

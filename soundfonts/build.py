@@ -58,8 +58,8 @@ def looped_tone(name: str, root: int, harmonics, loop_seconds: float = 0.1, atta
     loop_len = round(periods * rate / f)
     f_exact = periods * rate / loop_len  # loop_len holds exactly `periods` cycles
     correction = int(round(-1200 * np.log2(f_exact / f)))
-    lead = 512
-    t = np.arange(lead + loop_len) / rate
+    lead, tail = 512, 16  # SF2 wants at least 8 valid points on each side of the loop
+    t = np.arange(lead + loop_len + tail) / rate
     rng = _rng(name + str(root))
     wave = np.zeros_like(t)
     top = _max_partial(root, rate)
@@ -157,7 +157,7 @@ def looped_noise(name: str, root: int, seconds: float, colour: float):
     spectrum *= 1 / np.maximum(freqs, 20) ** colour  # circular: the loop has no seam
     wave = np.fft.irfft(spectrum, n)
     lead = 256
-    wave = np.concatenate([wave[-lead:], wave])
+    wave = np.concatenate([wave[-lead:], wave, wave[:16]])  # circular: valid points on both sides of the loop
     return Sample(f"{name}{root}", _normalise(wave, 0.7), rate, root, 0, (lead, lead + n))
 
 
