@@ -5,10 +5,11 @@ the same font, each round times, as whole commands from a cold start:
 
 - ``fluidsynth -ni -F out.wav -r 44100 FONT score.mid`` pinned to one core (taskset),
 - ``gradmidi render score.mid -o out.wav --jobs 1`` pinned to the same core,
+- the same with ``--raw`` (no loudness normalisation: like for like with the CLI),
 - ``gradmidi render score.mid -o out.wav`` on every core,
 
-and prints medians and ratios. gradmidi's time includes what the CLI does not do: loudness
-normalisation (BS.1770) and the atomic write.
+and prints medians and ratios. gradmidi's default run also does what the CLI does not:
+loudness measurement and normalisation (BS.1770).
 
     python benchmarks/bench_render.py [--steps 8000] [--rounds 3] [--soundfont FONT]
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -32,10 +34,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scores import synthetic_score  # noqa: E402
 
 
-def timed(cmd: list[str]) -> float:
+def timed(cmd: list[str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the child): CPU time is steadier on a shared machine."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def main() -> None:
@@ -57,6 +63,8 @@ def main() -> None:
                                            str(score)],
             "gradmidi, 1 core": pin + gradmidi + [str(score), "-o", f"{tmp}/one.wav", "--jobs", "1", "-q",
                                                   "--soundfont", str(font)],
+            "gradmidi --raw, 1 core": pin + gradmidi + [str(score), "-o", f"{tmp}/raw.wav", "--jobs", "1", "--raw",
+                                                        "-q", "--soundfont", str(font)],
             f"gradmidi, {os.cpu_count()} cores": gradmidi + [str(score), "-o", f"{tmp}/all.wav", "-q",
                                                              "--soundfont", str(font)],
         }
@@ -65,11 +73,15 @@ def main() -> None:
             for name, cmd in runs.items():
                 times[name].append(timed(cmd))
         seconds = render(score, f"{tmp}/check.wav", font, jobs=1).seconds
-    base = statistics.median(times["fluidsynth -F, 1 core"])
+    cli = "fluidsynth -F, 1 core"
+    wall_base = statistics.median(w for w, _ in times[cli])
+    cpu_base = statistics.median(c for _, c in times[cli])
     print(f"# {args.steps} steps ({seconds:.0f} s of audio), font {font.name}, {args.rounds} rounds, medians")
+    print(f"{'':26} {'wall s':>7} {'vs CLI':>7} {'CPU s':>7} {'vs CLI':>7} {'x real time':>12}")
     for name, values in times.items():
-        med = statistics.median(values)
-        print(f"{name:24} {med:7.2f} s  {med / base:5.2f}x the CLI  ({seconds / med:5.0f}x real time)")
+        wall = statistics.median(w for w, _ in values)
+        cpu = statistics.median(c for _, c in values)
+        print(f"{name:26} {wall:7.2f} {wall / wall_base:6.2f}x {cpu:7.2f} {cpu / cpu_base:6.2f}x {seconds / wall:12.0f}")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ def integrated_loudness(audio: np.ndarray, rate: int) -> float:
         return float("-inf")
     weighted = sosfilt(k_weighting(rate).astype(np.float32), data[: steps * step], axis=0)
     flat = weighted.reshape(steps, -1)  # a row per 100 ms step, channels interleaved (L and R weigh 1.0)
-    per_step = np.einsum("ij,ij->i", flat, flat).astype(np.float64)
+    per_step = np.fromiter((np.dot(row, row) for row in flat), dtype=np.float64, count=steps)  # BLAS dot
     window = np.convolve(per_step, np.ones(BLOCK_STEPS), mode="valid")  # 400 ms blocks, 100 ms apart
     energy = window / (BLOCK_STEPS * step)
     with np.errstate(divide="ignore"):

@@ -58,92 +58,95 @@ def load_fluidsynth():
 
 @dataclass(frozen=True)
 class Timeline:
-    """A score as (seconds, channel, raw MIDI bytes), in order, channel voice messages only."""
+    """A parsed score: its tracks, its length, and the notes per channel (for splitting)."""
 
-    events: list[tuple[float, int, bytes]]
+    tracks: list[list[tuple[int, bytes]]]
+    ticks_per_beat: int
     seconds: float  # the score's length (its End of Track)
+    notes: dict[int, int]  # channel -> note-ons
+    path: Path | None = None  # the file itself, when the timeline is the whole score
 
     def channels(self) -> list[int]:
-        return sorted({ch for _, ch, _ in self.events})
+        return sorted(self.notes)
 
     def uses_chorus(self) -> bool:
-        return any(raw[0] & 0xF0 == 0xB0 and raw[1] == 93 and raw[2] > 0 for _, _, raw in self.events)
+        return any(e[0] & 0xF0 == 0xB0 and e[1] == 93 and e[2] > 0 for track in self.tracks for _, e in track)
 
     def only(self, channels: set[int]) -> Timeline:
-        return Timeline([e for e in self.events if e[1] in channels], self.seconds)
+        """The same score with only these channels' messages (meta events, such as tempo, kept)."""
+        tracks = [[(t, e) for t, e in track if e[0] >= 0xF0 or (e[0] & 0x0F) in channels] for track in self.tracks]
+        notes = {ch: n for ch, n in self.notes.items() if ch in channels}
+        return Timeline(tracks, self.ticks_per_beat, self.seconds, notes)
 
 
 def read_timeline(path: str | os.PathLike) -> Timeline:
-    """The channel messages of a gradmidi score, with absolute times in seconds."""
+    """Parses a gradmidi score for rendering; one-line errors for anything else."""
     from .scorefile import load_tracks, score_from_tracks
     from .smf import tempo_map, ticks_to_seconds
 
     tracks, division = load_tracks(path)
     score_from_tracks(path, tracks)  # one-line errors for files that are not gradmidi scores
-    channel = [(tick, event) for track in tracks for tick, event in track if event[0] < 0xF0]
-    if not any(e[0] & 0xF0 == 0x90 and e[2] > 0 for _, e in channel):
+    notes: dict[int, int] = {}
+    for track in tracks:
+        for _, e in track:
+            if e[0] & 0xF0 == 0x90 and e[2] > 0:
+                notes[e[0] & 0x0F] = notes.get(e[0] & 0x0F, 0) + 1
+    if not notes:
         raise GradmidiError(f"{path}: the score holds no notes to render (an empty run?)")
-    channel.sort(key=lambda item: item[0])  # stable: each track keeps its own order within a tick
-    tempos = tempo_map(tracks)
-    seconds = ticks_to_seconds([t for t, _ in channel], tempos, division)
     end = max(tick for track in tracks for tick, _ in track[-1:])
-    events = [(float(s), e[0] & 0x0F, e) for s, (_, e) in zip(seconds, channel)]
-    return Timeline(events, float(ticks_to_seconds([end], tempos, division)[0]))
+    seconds = float(ticks_to_seconds([end], tempo_map(tracks), division)[0])
+    return Timeline(tracks, division, seconds, notes, Path(path))
 
 
 def render_timeline(
     timeline: Timeline, soundfont: Path, rate: int = 44100, tail: float = TAIL_SECONDS,
     progress: Callable[[float], None] | None = None,
 ) -> np.ndarray:
-    """Float32 stereo frames, at FluidSynth's own level (synth.gain 0.2, reverb and chorus on)."""
+    """Float32 stereo frames, at FluidSynth's own level (synth.gain 0.2, reverb on).
+
+    FluidSynth's own MIDI player feeds the events, timed by the synth's sample clock (as in
+    ``fluidsynth -F``), so no Python runs per event; the audio is written straight into one
+    numpy buffer with ``fluid_synth_write_float``.
+    """
+    from .smf import encode_smf
+
     fluidsynth = load_fluidsynth()
     # The chorus unit costs ~10 % of a render; when nothing can reach it (no CC 93 in the
     # score, no chorus send in the font) it only processes silence, so it is switched off.
     chorus = timeline.uses_chorus() or font_info(soundfont).chorus
-    synth = fluidsynth.Synth(gain=0.2, samplerate=rate, channels=16, **{"synth.chorus.active": int(chorus)})
-    try:
-        sfid = synth.sfload(str(soundfont))
-        if sfid < 0:  # pyfluidsynth reports a failed load only through the return value
-            raise GradmidiError(f"{soundfont}: FluidSynth could not load this SoundFont")
-        for channel in range(16):  # pyfluidsynth's sfload assigns no presets: channel 10 gets the kit
-            synth.program_select(channel, sfid, 128 if channel == 9 else 0, 0)
-        total = int(math.ceil((timeline.seconds + tail) * rate))
-        out = np.zeros((total, 2), dtype=np.float32)
-        base = out.ctypes.data
-        write = fluidsynth._fl.fluid_synth_write_float
-        handle = synth.synth
-        done = 0
-
-        def advance(until: int) -> None:
-            nonlocal done
-            while done < until:  # FluidSynth caps one call at its own maximum block: loop
-                n = min(until - done, 1 << 16)
+    synth = fluidsynth.Synth(gain=0.2, samplerate=rate, channels=16, **{
+        "synth.chorus.active": int(chorus), "player.timing-source": "sample", "synth.lock-memory": 0,
+    })
+    player = None
+    with tempfile.TemporaryDirectory(prefix="gradmidi-render-") as folder:
+        try:
+            # update_midi_preset=1: every channel gets its preset, channel 10 the drum kit (bank 128)
+            if synth.sfload(str(soundfont), 1) < 0:  # pyfluidsynth reports a failed load only this way
+                raise GradmidiError(f"{soundfont}: FluidSynth could not load this SoundFont")
+            midi = timeline.path
+            if midi is None:
+                midi = Path(folder) / "part.mid"
+                midi.write_bytes(encode_smf(timeline.tracks, timeline.ticks_per_beat))
+            player = fluidsynth.new_fluid_player(synth.synth)
+            if fluidsynth.fluid_player_add(player, str(midi).encode()) != 0:
+                raise GradmidiError(f"{midi}: FluidSynth could not read this MIDI file")
+            fluidsynth.fluid_player_play(player)
+            total = int(math.ceil((timeline.seconds + tail) * rate))
+            out = np.zeros((total, 2), dtype=np.float32)
+            base, write, handle = out.ctypes.data, fluidsynth._fl.fluid_synth_write_float, synth.synth
+            done = 0
+            while done < total:
+                n = min(total - done, 1 << 15)
                 write(handle, n, base, 2 * done, 2, base, 2 * done + 1, 2)
                 done += n
                 if progress:
                     progress(done / rate)
-
-        # pyfluidsynth's typed C entry points themselves: no per-event Python wrapper
-        note_on, note_off = fluidsynth.fluid_synth_noteon, fluidsynth.fluid_synth_noteoff
-        program, control = fluidsynth.fluid_synth_program_change, fluidsynth.fluid_synth_cc
-        bend = fluidsynth.fluid_synth_pitch_bend
-        for seconds, channel, raw in timeline.events:
-            advance(min(int(seconds * rate + 0.5), total))
-            kind = raw[0] & 0xF0
-            if kind == 0x90:
-                note_on(handle, channel, raw[1], raw[2]) if raw[2] else note_off(handle, channel, raw[1])
-            elif kind == 0x80:
-                note_off(handle, channel, raw[1])
-            elif kind == 0xC0:
-                program(handle, channel, raw[1])
-            elif kind == 0xB0:
-                control(handle, channel, raw[1], raw[2])
-            elif kind == 0xE0:
-                bend(handle, channel, raw[1] | (raw[2] << 7))
-        advance(total)
-        return out
-    finally:
-        synth.delete()
+            return out
+        finally:
+            if player is not None:
+                fluidsynth.fluid_player_stop(player)
+                fluidsynth.delete_fluid_player(player)
+            synth.delete()
 
 
 def _render_group(args) -> str:
@@ -158,15 +161,11 @@ def _render_group(args) -> str:
 
 def channel_groups(timeline: Timeline, jobs: int) -> list[set[int]]:
     """Channels split into ``jobs`` groups of about equal note counts (greedy, largest first)."""
-    counts = {}
-    for _, ch, raw in timeline.events:
-        counts[ch] = counts.get(ch, 0) + (raw[0] & 0xF0 == 0x90)
-    groups = [(0, set()) for _ in range(min(jobs, len(counts)))]
-    for ch in sorted(counts, key=lambda c: -counts[c]):
-        load, members = min(groups, key=lambda g: g[0])
-        groups.remove((load, members))
-        members.add(ch)
-        groups.append((load + counts[ch], members))
+    groups: list[tuple[int, set[int]]] = [(0, set()) for _ in range(min(jobs, len(timeline.notes)))]
+    for ch in sorted(timeline.notes, key=lambda c: -timeline.notes[c]):
+        i = min(range(len(groups)), key=lambda g: groups[g][0])
+        load, members = groups[i]
+        groups[i] = (load + timeline.notes[ch], members | {ch})
     return [members for _, members in groups if members]
 
 
@@ -269,6 +268,8 @@ def _write_atomic(out: Path, audio: np.ndarray, rate: int, fmt: tuple[str, str])
     os.close(fd)
     try:
         np.clip(audio, -1.0, 1.0, out=audio)
+        if fmt[1] == "PCM_16":  # convert here: numpy is faster at it than libsndfile
+            audio = np.multiply(audio, 32767.0, out=audio).round(out=audio).astype(np.int16)
         soundfile.write(tmp, audio, rate, format=fmt[0], subtype=fmt[1])
         os.replace(tmp, out)
     except BaseException:

@@ -218,3 +218,17 @@ def ticks_to_seconds(ticks, tempos: list[tuple[int, int]], ticks_per_beat: int):
         if np.isfinite(stop):
             elapsed += (stop - start) * tempo / 1e6 / ticks_per_beat
     return seconds
+
+
+def encode_smf(tracks: list[list[tuple[int, bytes]]], ticks_per_beat: int) -> bytes:
+    """A type 1 file from tracks of (absolute tick, event bytes), as ``read_smf`` returns them."""
+    out = [b"MThd" + struct.pack(">IHHH", 6, 1, len(tracks), ticks_per_beat)]
+    for track in tracks:
+        body, last = bytearray(), 0
+        for tick, event in track:
+            body += vlq(tick - last) + event
+            last = tick
+        if not track or track[-1][1][:2] != b"\xff\x2f":
+            body += b"\x00" + END_OF_TRACK
+        out.append(b"MTrk" + struct.pack(">I", len(body)) + bytes(body))
+    return b"".join(out)
