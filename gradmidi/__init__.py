@@ -21,10 +21,14 @@ def __getattr__(name):
         from .sonifier import Sonifier
 
         return Sonifier
+    if name == "render":
+        from .render import render
+
+        return render
     raise AttributeError(f"module 'gradmidi' has no attribute {name!r}")
 
 
 __all__ = [
-    "Sonifier", "Mapping", "Clock", "SpikeSettings", "Sink", "ScoreFile", "read_score",
+    "Sonifier", "render", "Mapping", "Clock", "SpikeSettings", "Sink", "ScoreFile", "read_score",
     "GradmidiError", "SCALES", "GM_PROGRAMS", "DRUM_KEYS", "__version__",
 ]

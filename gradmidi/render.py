@@ -11,7 +11,9 @@ different runs can be compared by ear, then written atomically (WAV, FLAC or OGG
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import io
 import math
 import multiprocessing
 import os
@@ -41,7 +43,9 @@ INSTALL_HINT = (
 def load_fluidsynth():
     """pyfluidsynth, with libfluidsynth behind it; a GradmidiError naming what to install otherwise."""
     try:
-        import fluidsynth
+        # pyfluidsynth prints its library search to stdout when $CI is set: keep stdout ours.
+        with contextlib.redirect_stdout(io.StringIO()):
+            import fluidsynth
     except ImportError:
         raise GradmidiError(INSTALL_HINT) from None
     except OSError as exc:
