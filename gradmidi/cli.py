@@ -263,6 +263,49 @@ def fonts(show_all, as_json) -> None:
 
 
 @cli.command()
+@click.option("--api", default=None, help="MIDI API: LINUX_ALSA, UNIX_JACK, MACOSX_CORE, WINDOWS_MM "
+              "(default: $MIDO_BACKEND's, else the platform's).")
+def ports(api) -> None:
+    """List the MIDI output ports live playback can use."""
+    from .outputs import list_output_ports
+
+    names = list_output_ports(api)
+    if not names:
+        click.echo("no MIDI output ports: start a synth or DAW, or use a virtual port (live='virtual') "
+                   "or the in-process synth (live='synth')")
+    for name in names:
+        click.echo(name)
+
+
+@cli.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--port", default=None, help="Output port name (or part of one).")
+@click.option("--synth", is_flag=True, help="Play through FluidSynth in this process.")
+@click.option("--driver", default=None, help="Audio driver for --synth (pulseaudio, pipewire, alsa, jack, ...).")
+@click.option("--soundfont", type=click.Path(path_type=Path), default=None, help="SoundFont for --synth.")
+@click.option("--api", default=None, help="MIDI API for --port (see 'gradmidi ports').")
+@click.option("-q", "--quiet", is_flag=True)
+def play(file, port, synth, driver, soundfont, api, quiet) -> None:
+    """Play a saved score live, to a MIDI port or the in-process synth."""
+    from .outputs import open_output
+    from .play import play_score
+
+    if bool(port) == bool(synth):
+        raise GradmidiError("choose one of --port NAME or --synth")
+    output = open_output(f"synth:{driver or ''}" if synth else f"port:{port}", api, soundfont)
+    console = _console(quiet)
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    with Progress(TextColumn(f"playing {file.name} on {output.name}"), BarColumn(),
+                  TextColumn("{task.completed:.0f}/{task.total:.0f} s"), console=console, transient=True,
+                  disable=quiet or not console.is_terminal) as progress:
+        task = progress.add_task("play", total=None)
+        seconds = play_score(file, output, lambda done, total: progress.update(task, completed=done, total=total))
+    if not quiet:
+        console.print(f"played {file} ({seconds:.1f} s) on {output.name}")
+
+
+@cli.command()
 def programs() -> None:
     """List the General MIDI programs, scales, layer families and event drums."""
     from .instruments import DRUM_KEYS, GM_PROGRAMS, KIND_PROGRAMS

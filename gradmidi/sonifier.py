@@ -33,6 +33,7 @@ from .mapping import Mapping
 from .pipeline import ScoreBuilder
 from .score import ScoreHeader
 from .sinks.base import Sink, SinkFanout
+from .sinks.live import LiveSink
 from .sinks.midifile import MidiFileSink
 from .voices import plan_voices
 
@@ -67,6 +68,9 @@ class Sonifier:
         epoch_downbeat: bool = False,
         include_frozen: bool = False,
         sinks: list[Sink] | None = None,
+        live: str | Sink | list | None = None,
+        midi_api: str | None = None,
+        live_latency: float = 0.5,
         audio: str | os.PathLike | None = None,
         soundfont: str | os.PathLike | None = None,
         title: str | None = None,
@@ -106,9 +110,12 @@ class Sonifier:
         self.layers = layers
         self._capture = NormCapture(layers)
         self._builder = ScoreBuilder(self.header, assignment, aggregate=aggregate, spikes=spikes)
+        live_sinks = _live_sinks(live, midi_api, soundfont, live_latency)
         all_sinks = ([MidiFileSink(path, flush_interval, epoch_downbeat)] if path is not None else []) + list(
             sinks or []
-        )
+        ) + live_sinks
+        # Live sound wants each step at once; a file alone is cheaper written in 20 ms batches.
+        self._batch_seconds = 0.0 if live_sinks else BATCH_SECONDS
         self._sinks_all = list(all_sinks)
         self._sinks = SinkFanout(all_sinks)
         self._sinks.open(self.header)
@@ -181,8 +188,8 @@ class Sonifier:
                 except Exception as exc:  # never let the worker die silently and stall close()
                     warnings.warn(f"gradmidi: dropped a step after an error: {exc}", RuntimeWarning, stacklevel=1)
             self._sinks.tick()
-            if running:
-                time.sleep(BATCH_SECONDS)
+            if running and self._batch_seconds:
+                time.sleep(self._batch_seconds)
         for slot in self._builder.finish():
             self._emit(slot)
 
@@ -212,6 +219,9 @@ class Sonifier:
                 return
             if self._interrupted:
                 self._put(("marker", self._steps, "interrupted"))
+                for sink in self._sinks_all:
+                    if isinstance(sink, LiveSink):
+                        sink.hush()
             self._closed = True
         self._queue.put(None)
         self._worker.join()
@@ -257,6 +267,24 @@ class Sonifier:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _live_sinks(live, api, soundfont, latency) -> list[Sink]:
+    """live=: 'synth[:DRIVER]', 'virtual[:NAME]', a port name (or part of one), a Sink, or a list."""
+    if live is None:
+        return []
+    from .outputs import open_output
+
+    specs = live if isinstance(live, (list, tuple)) else [live]
+    out = []
+    for spec in specs:
+        if isinstance(spec, Sink):
+            out.append(spec)
+        elif isinstance(spec, str) and spec:
+            out.append(LiveSink(open_output(spec, api, soundfont), max_latency=latency))
+        else:
+            raise GradmidiError(f"live= takes a port name, 'virtual[:NAME]', 'synth[:DRIVER]' or a Sink, not {spec!r}")
+    return out
 
 
 _hooks_installed = False

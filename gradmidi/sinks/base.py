@@ -37,8 +37,8 @@ class SinkFanout:
                 getattr(sink, method)(*args)
             except Exception as exc:  # a sink must never take training down
                 self.sinks.remove(sink)
-                warnings.warn(f"gradmidi: {sink.name} stopped after an error in {method}: {exc}", RuntimeWarning,
-                              stacklevel=2)
+                warnings.warn(f"gradmidi: {sink.name} stopped ({exc}); training and the other sinks go on",
+                              RuntimeWarning, stacklevel=2)
                 if method != "close":
                     try:
                         sink.close()

@@ -1,0 +1,171 @@
+"""Where live MIDI goes: output ports and virtual ports (python-rtmidi), or an in-process synth.
+
+Each output takes raw MIDI bytes. The MIDI API is the ``api`` argument, else the API named
+in mido's ``MIDO_BACKEND`` (``mido.backends.rtmidi/UNIX_JACK``), else the platform default.
+Nothing here opens the MIDI system at import time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from .errors import GradmidiError
+
+APIS = {"LINUX_ALSA": 2, "UNIX_JACK": 3, "MACOSX_CORE": 1, "WINDOWS_MM": 4}
+ALTERNATIVES = (
+    "alternatives: JACK (api='UNIX_JACK' or MIDO_BACKEND=mido.backends.rtmidi/UNIX_JACK, with a JACK server "
+    "running), the in-process synth (live='synth'), the .mid file alone, or gradmidi render afterwards"
+)
+
+
+def midi_api(api: str | None = None) -> str | None:
+    """The rtmidi API name to use (None: rtmidi's default for the platform)."""
+    name = api or os.environ.get("MIDO_BACKEND", "").partition("/")[2] or None
+    if name is not None and name.upper() not in APIS:
+        raise GradmidiError(f"unknown MIDI API {name!r}; choose one of {', '.join(APIS)}")
+    return name.upper() if name else None
+
+
+def _midi_out(api: str | None):
+    try:
+        import rtmidi
+    except ImportError:
+        raise GradmidiError("live MIDI needs python-rtmidi: pip install python-rtmidi") from None
+    chosen = midi_api(api)
+    try:
+        with _c_stderr_silenced():  # ALSA's C library prints its own failure before rtmidi raises
+            return rtmidi.MidiOut(APIS[chosen] if chosen else rtmidi.API_UNSPECIFIED, name="gradmidi")
+    except rtmidi.SystemError as exc:
+        where = chosen or "the default MIDI system"
+        reason = str(exc).split(".")[0]
+        if not chosen or chosen == "LINUX_ALSA":
+            if not Path("/dev/snd/seq").exists():
+                reason = "no ALSA sequencer on this machine (/dev/snd/seq is missing: a server or container?)"
+        raise GradmidiError(f"cannot open {where}: {reason}; {ALTERNATIVES}") from None
+
+
+@contextlib.contextmanager
+def _c_stderr_silenced():
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to silence
+        yield
+        return
+    with open(os.devnull, "wb") as null:
+        os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def list_output_ports(api: str | None = None) -> list[str]:
+    out = _midi_out(api)
+    try:
+        return list(out.get_ports())
+    finally:
+        out.delete()
+
+
+class PortOutput:
+    """An rtmidi output: connected to an existing port, or a virtual port others connect to."""
+
+    def __init__(self, name: str, api: str | None = None, virtual: bool = False) -> None:
+        self._out = _midi_out(api)
+        self.virtual = virtual
+        if virtual:
+            try:
+                self._out.open_virtual_port(name)
+            except Exception as exc:  # rtmidi: Windows MM has no virtual ports
+                raise GradmidiError(f"cannot make a virtual MIDI port here ({exc}); connect to a port instead")
+            self.name = name
+        else:
+            ports = self._out.get_ports()
+            matches = [i for i, p in enumerate(ports) if p == name] or [
+                i for i, p in enumerate(ports) if name.lower() in p.lower()
+            ]
+            if not matches:
+                self._out.delete()
+                available = ", ".join(ports) or "none"
+                raise GradmidiError(f"no MIDI output port matches {name!r} (ports: {available})")
+            self._out.open_port(matches[0])
+            self.name = ports[matches[0]]
+        self._api = api
+
+    def send(self, message: bytes) -> None:
+        self._out.send_message(message)
+
+    def alive(self) -> bool:
+        """False once the port we connected to has gone (its synth quit, its device was unplugged)."""
+        if self.virtual:
+            return True
+        try:
+            return self.name in self._out.get_ports()
+        except Exception:
+            return False
+
+    def close(self) -> None:
+        self._out.close_port()
+        self._out.delete()
+
+
+class SynthOutput:
+    """FluidSynth in this process, playing through a real audio driver (pulseaudio, alsa, jack, ...)."""
+
+    def __init__(self, soundfont=None, driver: str | None = None, **settings) -> None:
+        from .fonts import resolve_soundfont
+        from .render import load_fluidsynth
+
+        fluidsynth = load_fluidsynth()
+        font = resolve_soundfont(soundfont)
+        self._fs = fluidsynth
+        self.synth = fluidsynth.Synth(gain=0.3, samplerate=44100, channels=16, **settings)
+        if self.synth.sfload(str(font), 1) < 0:
+            self.synth.delete()
+            raise GradmidiError(f"{font}: FluidSynth could not load this SoundFont")
+        driver = driver or self.synth.get_setting("audio.driver")
+        self.synth.setting("audio.driver", driver)
+        # pyfluidsynth's start() reports success even when no driver came up: look at the handle.
+        with _c_stderr_silenced():  # a failing driver has the ALSA library print pages of its own
+            handle = fluidsynth.new_fluid_audio_driver(self.synth.settings, self.synth.synth)
+        if not handle:
+            self.synth.delete()
+            raise GradmidiError(f"FluidSynth's audio driver {driver!r} did not start (no sound device?); "
+                                "choose another with live='synth:DRIVER' (pulseaudio, pipewire, alsa, jack, "
+                                "coreaudio, file) or render the .mid afterwards")
+        self._driver = handle
+        self.name = f"FluidSynth ({driver})"
+
+    def send(self, message: bytes) -> None:
+        kind, channel = message[0] & 0xF0, message[0] & 0x0F
+        handle = self.synth.synth
+        if kind == 0x90 and message[2]:
+            self._fs.fluid_synth_noteon(handle, channel, message[1], message[2])
+        elif kind in (0x80, 0x90):
+            self._fs.fluid_synth_noteoff(handle, channel, message[1])
+        elif kind == 0xB0:
+            self._fs.fluid_synth_cc(handle, channel, message[1], message[2])
+        elif kind == 0xC0:
+            self._fs.fluid_synth_program_change(handle, channel, message[1])
+
+    def alive(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._fs.delete_fluid_audio_driver(self._driver)
+        self.synth.delete()
+
+
+def open_output(spec: str, api: str | None = None, soundfont=None):
+    """'synth[:DRIVER]', 'virtual[:NAME]', or a port name (or a part of one, 'port:NAME')."""
+    kind, _, arg = spec.partition(":")
+    if kind == "synth":
+        return SynthOutput(soundfont, arg or None)
+    if kind == "virtual":
+        return PortOutput(arg or "gradmidi", api, virtual=True)
+    if kind == "port":
+        return PortOutput(arg, api)
+    return PortOutput(spec, api)

@@ -1,0 +1,48 @@
+"""Playing a saved score live: its channel messages sent at their times, then silence."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+
+from .render import read_timeline
+from .smf import tempo_map, ticks_to_seconds
+
+TAIL_SECONDS = 1.0  # let the last notes ring before All Sound Off
+
+
+def play_score(path: str | os.PathLike, output, progress: Callable[[float, float], None] | None = None) -> float:
+    """Sends every channel message of the score to ``output`` on time; returns the score's length."""
+    timeline = read_timeline(path)
+    events = sorted(
+        ((tick, e) for track in timeline.tracks for tick, e in track if e[0] < 0xF0), key=lambda item: item[0]
+    )
+    seconds = ticks_to_seconds([t for t, _ in events], tempo_map(timeline.tracks), timeline.ticks_per_beat)
+    sounding: set[tuple[int, int]] = set()
+    channels = {e[0] & 0x0F for _, e in events}
+    start = time.monotonic()
+    last_report = 0.0
+    try:
+        for at, (_, message) in zip(seconds, events):
+            while (left := start + at - time.monotonic()) > 0:
+                time.sleep(min(left, 0.25))
+                if progress and time.monotonic() - last_report > 0.25:
+                    last_report = time.monotonic()
+                    progress(last_report - start, timeline.seconds)
+            output.send(message)
+            if message[0] & 0xF0 == 0x90 and message[2]:
+                sounding.add((message[0] & 0x0F, message[1]))
+            elif message[0] & 0xF0 in (0x80, 0x90):
+                sounding.discard((message[0] & 0x0F, message[1]))
+        time.sleep(max(0.0, start + timeline.seconds + TAIL_SECONDS - time.monotonic()))
+        if progress:
+            progress(timeline.seconds, timeline.seconds)
+    finally:  # also on Ctrl-C: nothing keeps sounding
+        for channel, key in sorted(sounding):
+            output.send(bytes([0x80 | channel, key, 0]))
+        for channel in sorted(channels):
+            output.send(bytes([0xB0 | channel, 123, 0]))
+            output.send(bytes([0xB0 | channel, 120, 0]))
+        output.close()
+    return timeline.seconds
