@@ -70,6 +70,10 @@ class ScoreBuilder:
         self._present.append(voice_present)
         if loss is not None:
             self._loss = loss
+        if (step - self.first_step) % self.clock.every == self.clock.every - 1:
+            # The slot's last step is in: close it now, not when the next step comes (live latency).
+            done.append(self._close_slot())
+            self._slot = None
         return done
 
     def add_marker(self, step: int, text: str) -> list[Slot]:

@@ -58,6 +58,9 @@ class LiveSink(Sink):
         self._drain = True
         self._thread: threading.Thread | None = None
         self._sounding: set[tuple[int, int]] = set()
+        self._offs: list[tuple[float, int, bytes]] = []  # (due, seq, message) heap: note-offs, arpeggio notes
+        self._seq = 0
+        self._grid: float | None = None  # when the next slot is due
         self._channels: set[int] = set()
         self.failed: str | None = None
         self.played = 0  # slots played (merged ones count once)
@@ -84,7 +87,12 @@ class LiveSink(Sink):
         if slot.log_range is not None:
             self.log_range = slot.log_range
         with self._cond:
-            self._pending.append(slot)
+            now = time.monotonic()
+            start = self._start(now)
+            if not self._pending and not self._stopping and start <= now + 0.0005:
+                self._play(slot, start)  # on time and idle: play from here, one thread hop fewer
+            else:
+                self._pending.append(slot)
             self._cond.notify()
 
     def hush(self) -> None:
@@ -113,47 +121,44 @@ class LiveSink(Sink):
             raise RuntimeError(self.failed)
 
     # -- the scheduler thread ---------------------------------------------------------------
+    def _start(self, now: float) -> float:
+        """When a slot taken now plays: on the grid while on time (or under half a slot late, so
+        there is no drift); further behind, training was slower than the tempo: at once."""
+        grid, period = self._grid, self.clock.slot_seconds
+        return grid if grid is not None and grid >= now - period / 2 else now
+
     def _run(self) -> None:
         period = self.clock.slot_seconds
         capacity = max(1, int(round(self.max_latency / period)))
-        offs: list[tuple[float, int, bytes]] = []  # (due, seq, message) heap: note-offs, arpeggio notes
-        seq = 0
-        grid: float | None = None  # when the next slot is due
+        offs = self._offs
         last_health = time.monotonic()
         try:
             while True:
-                now = time.monotonic()
-                while offs and offs[0][0] <= now:
-                    self._send(heapq.heappop(offs)[2])
-                if now - last_health >= HEALTH_SECONDS:
-                    last_health = now
-                    if not self.output.alive():
-                        raise RuntimeError(f"{self.output.name} is gone")
-                slot, target = None, now
-                with self._cond:
+                with self._cond:  # every send happens under this lock: one port, two threads
+                    now = time.monotonic()
+                    while offs and offs[0][0] <= now:
+                        self._send(heapq.heappop(offs)[2])
+                    if now - last_health >= HEALTH_SECONDS:
+                        last_health = now
+                        if not self.output.alive():
+                            raise RuntimeError(f"{self.output.name} is gone")
                     if self._stopping and not self._drain:
                         self._pending.clear()
                     if self._stopping and not self._pending and not offs:
                         return
-                    # Keep the grid while on time (or less than half a slot late): no drift.
-                    # Further behind, training was slower than the tempo: play as it arrives.
-                    start = grid if grid is not None and grid >= now - period / 2 else now
+                    start = self._start(now)
                     if self._pending and start <= now + 0.0005:
                         slot = self._fold(capacity) if len(self._pending) > capacity else self._pending.popleft()
-                    else:
-                        deadlines = [offs[0][0]] if offs else []
-                        if self._pending:
-                            deadlines.append(start)
-                        target = min(deadlines, default=now + HEALTH_SECONDS)
-                        if target - now > 0.002:  # the condition wakes early for a new slot or close()
-                            self._cond.wait(min(target - now - 0.001, HEALTH_SECONDS))
-                            continue
-                if slot is None:
-                    self._sleep_until(target)  # the last 2 ms: sleep precisely, outside the lock
-                    continue
-                self._sleep_until(start)
-                seq = self._play(slot, start, offs, seq)
-                grid = start + period
+                        self._play(slot, start)
+                        continue
+                    deadlines = [offs[0][0]] if offs else []
+                    if self._pending:
+                        deadlines.append(start)
+                    target = min(deadlines, default=now + HEALTH_SECONDS)
+                    if target - now > 0.002:  # the condition wakes early for a new slot or close()
+                        self._cond.wait(min(target - now - 0.001, HEALTH_SECONDS))
+                        continue
+                self._sleep_until(target)  # the last 2 ms: sleep precisely, outside the lock
         except Exception as exc:  # a live fault must not reach training: stop playing, report once
             self.failed = str(exc) or type(exc).__name__
 
@@ -168,8 +173,10 @@ class LiveSink(Sink):
         self._pending.extend(merged[1:])
         return merged[0]
 
-    def _play(self, slot: Slot, start: float, offs: list, seq: int) -> int:
+    def _play(self, slot: Slot, start: float) -> None:
+        """Sends the slot's notes (the caller holds the lock); queues their note-offs."""
         voices, clock, period = self.header.voices, self.clock, self.clock.slot_seconds
+        offs, seq = self._offs, self._seq
         tick_seconds = period / clock.slot_ticks
         sent_at = time.monotonic()
         for v in voices:
@@ -194,7 +201,8 @@ class LiveSink(Sink):
         if self.timing is not None:
             self.timing.append((start, sent_at))
         self.played += 1
-        return seq
+        self._seq = seq
+        self._grid = start + period
 
     def _send(self, message: bytes) -> None:
         status = message[0] & 0xF0
