@@ -147,41 +147,33 @@ def read_smf(data: bytes) -> tuple[int, int, list[list[tuple[int, bytes]]]]:
     return fmt, division, tracks
 
 
+def _vlq_at(data: bytes, pos: int) -> tuple[int, int]:
+    """(value, position after it) of the variable-length quantity at ``pos``."""
+    value = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value = (value << 7) | (byte & 0x7F)
+        if byte < 0x80:
+            return value, pos
+
+
 def _read_track(data: bytes, pos: int, end: int) -> list[tuple[int, bytes]]:
     events = []
     tick = 0
     status = 0
     while pos < end:
-        delta = 0
-        while True:
-            byte = data[pos]
-            pos += 1
-            delta = (delta << 7) | (byte & 0x7F)
-            if byte < 0x80:
-                break
+        delta, pos = _vlq_at(data, pos)
         tick += delta
         first = data[pos]
         if first == 0xFF:
-            kind = data[pos + 1]
-            length, body = 0, pos + 2
-            while True:
-                byte = data[body]
-                body += 1
-                length = (length << 7) | (byte & 0x7F)
-                if byte < 0x80:
-                    break
+            length, body = _vlq_at(data, pos + 2)
             events.append((tick, data[pos : body + length]))
-            pos = body + length
+            kind, pos = data[pos + 1], body + length
             if kind == 0x2F:
                 break
         elif first in (0xF0, 0xF7):
-            length, body = 0, pos + 1
-            while True:
-                byte = data[body]
-                body += 1
-                length = (length << 7) | (byte & 0x7F)
-                if byte < 0x80:
-                    break
+            length, body = _vlq_at(data, pos + 1)
             pos = body + length
         else:
             if first & 0x80:

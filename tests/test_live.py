@@ -264,3 +264,28 @@ def test_play_sends_a_saved_score_on_time_then_silences(jack, recorder, tmp_path
     after = {m for _, m in recorder.messages[last_on:]}
     for channel in (0, 1):
         assert bytes([0xB0 | channel, 123, 0]) in after and bytes([0xB0 | channel, 120, 0]) in after
+
+
+def test_virtual_port_chosen_by_mido_backend_reaches_a_listener(jack, tmp_path, monkeypatch):
+    import rtmidi
+
+    monkeypatch.setenv("MIDO_BACKEND", "mido.backends.rtmidi/UNIX_JACK")  # mido's own variable picks the API
+    model = tiny_model()
+    received = []
+    with gradmidi.Sonifier(model, tmp_path / "run.mid", live="virtual:gmvirtual") as son:
+        listener = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, name="gmlistener")
+        ports = listener.get_ports()
+        listener.open_port(next(i for i, p in enumerate(ports) if "gmvirtual" in p))  # a DAW connecting to us
+        listener.set_callback(lambda event, _: received.append(bytes(event[0])))
+        son._test_model = model
+        train(son, 8, pause=0.13)
+    listener.close_port()
+    listener.delete()
+    assert sum(1 for m in received if m[0] & 0xF0 == 0x90 and m[2]) >= 2 * 6
+    assert bytes([0xB0, 123, 0]) in received
+
+
+def test_ports_lists_the_jack_outputs(jack, recorder):
+    result = subprocess.run([sys.executable, "-m", "gradmidi", "ports", "--api", "UNIX_JACK"], capture_output=True,
+                            text=True, stdin=subprocess.DEVNULL, timeout=60)
+    assert result.returncode == 0 and f"{recorder.name}:in" in result.stdout.split("\n")

@@ -11,6 +11,7 @@ Notes Off / All Sound Off go to every channel used.
 from __future__ import annotations
 
 import heapq
+import sys
 import threading
 import time
 from collections import deque
@@ -23,6 +24,27 @@ from ..score import ScoreHeader, Slot
 from .base import Sink
 
 DRUM_VELOCITY = 110
+# While live sinks play, Python hands the GIL over every millisecond instead of every 5: the
+# scheduler and worker threads must not wait a whole default switch interval behind a training
+# thread running Python. Restored when the last live sink closes.
+SWITCH_INTERVAL = 0.001
+_switch_lock = threading.Lock()
+_switch_users = 0
+_switch_saved = 0.005
+
+
+def _quicker_thread_switching(on: bool) -> None:
+    global _switch_users, _switch_saved
+    with _switch_lock:
+        if on:
+            if _switch_users == 0:
+                _switch_saved = sys.getswitchinterval()
+                sys.setswitchinterval(min(_switch_saved, SWITCH_INTERVAL))
+            _switch_users += 1
+        elif _switch_users:
+            _switch_users -= 1
+            if _switch_users == 0:
+                sys.setswitchinterval(_switch_saved)
 HEALTH_SECONDS = 1.0  # how often the scheduler checks that its port still exists
 
 
@@ -79,6 +101,7 @@ class LiveSink(Sink):
             self._channels.add(voice.channel)
         self._channels.add(DRUM_CHANNEL)
         self._thread = threading.Thread(target=self._run, name="gradmidi-live", daemon=True)
+        _quicker_thread_switching(True)
         self._thread.start()
 
     def emit(self, slot: Slot) -> None:
@@ -110,6 +133,7 @@ class LiveSink(Sink):
             self._cond.notify()
         self._thread.join()
         self._thread = None
+        _quicker_thread_switching(False)
         try:
             self._silence()
         except Exception:
