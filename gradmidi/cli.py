@@ -306,6 +306,21 @@ def play(file, port, synth, driver, soundfont, api, quiet) -> None:
 
 
 @cli.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Image to write: .png, .svg or .pdf (default: FILE with .png).")
+@click.option("--max-points", type=click.IntRange(100, 1_000_000), default=2000, show_default=True,
+              help="Bins per voice for long runs (events are always all drawn).")
+def plot(file, out, max_points) -> None:
+    """Draw a score: piano roll with event markers, decoded norms on a log axis."""
+    from .plot import plot as plot_file
+
+    out = out or file.with_suffix(".png")
+    result = plot_file(file, out, max_points=max_points)
+    click.echo(f"{out}: {len(result.voice_labels)} voices, {len(result.events)} events", err=True)
+
+
+@cli.command()
 def programs() -> None:
     """List the General MIDI programs, scales, layer families and event drums."""
     from .instruments import DRUM_KEYS, GM_PROGRAMS, KIND_PROGRAMS

@@ -17,7 +17,6 @@ import io
 import math
 import multiprocessing
 import os
-import sys
 import tempfile
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -288,7 +287,3 @@ def fluidsynth_available() -> str | None:
     except GradmidiError as exc:
         return str(exc)
     return None
-
-
-if __name__ == "__main__":  # pragma: no cover - a quick manual check
-    print(render(sys.argv[1], sys.argv[2]))

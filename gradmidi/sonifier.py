@@ -110,10 +110,10 @@ class Sonifier:
         self.layers = layers
         self._capture = NormCapture(layers)
         self._builder = ScoreBuilder(self.header, assignment, aggregate=aggregate, spikes=spikes)
-        live_sinks = _live_sinks(live, midi_api, soundfont, live_latency)
+        file_sinks = [MidiFileSink(path, flush_interval, epoch_downbeat)] if path is not None else []
+        live_sinks = _live_sinks(live, midi_api, soundfont, live_latency)  # opens ports: after the checks
         # Live sinks first: a slot reaches the port before the file writer spends time on it.
-        all_sinks = live_sinks + ([MidiFileSink(path, flush_interval, epoch_downbeat)] if path is not None else [])
-        all_sinks += list(sinks or [])
+        all_sinks = live_sinks + file_sinks + list(sinks or [])
         # Live sound wants each step at once; a file alone is cheaper written in 20 ms batches.
         self._batch_seconds = 0.0 if live_sinks else BATCH_SECONDS
         self._sinks_all = list(all_sinks)

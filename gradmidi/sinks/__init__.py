@@ -1,6 +1,7 @@
-"""Where the score goes: the .mid file now; live ports, synths and the network later."""
+"""Where the score goes: the .mid file, live outputs (ports, virtual ports, the in-process synth)."""
 
 from .base import Sink, SinkFanout
+from .live import LiveSink
 from .midifile import MidiFileSink
 
-__all__ = ["Sink", "SinkFanout", "MidiFileSink"]
+__all__ = ["Sink", "SinkFanout", "LiveSink", "MidiFileSink"]

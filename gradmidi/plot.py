@@ -1,0 +1,115 @@
+"""A score as a picture: piano roll with event markers above, decoded norms (log axis) below.
+
+Readable from 200 steps to 200,000: notes and norms are thinned into at most ``max_points``
+bins per voice (each bin keeps its lowest and highest value, so spikes stay visible), while
+every event marker is drawn, always.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import GradmidiError
+from .instruments import GM_PROGRAMS
+from .mapping import pitches_to_norms
+from .scorefile import ScoreFile, read_score
+
+EVENT_COLOURS = {"nan": "#d62728", "inf": "#9467bd", "spike": "#ff7f0e", "loss_spike": "#8c564b",
+                 "skipped": "#17becf"}
+
+
+@dataclass
+class PlotResult:
+    """What was drawn, for callers and tests: the figure, one legend label per voice, the events."""
+
+    figure: object
+    voice_labels: list[str] = field(default_factory=list)
+    events: list[tuple[int, str]] = field(default_factory=list)  # (step, kind), one per marker drawn
+    epochs: list[int] = field(default_factory=list)
+
+
+def _thin(x: np.ndarray, y: np.ndarray, max_points: int) -> tuple[np.ndarray, np.ndarray]:
+    """At most ~2*max_points points: each bin of x keeps its min and max y (spikes survive)."""
+    if len(x) <= max_points:
+        return x, y
+    edges = np.linspace(x[0], x[-1] + 1, max_points + 1)
+    which = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, max_points - 1)
+    order = np.lexsort((y, which))
+    x, y, which = x[order], y[order], which[order]
+    first = np.r_[True, which[1:] != which[:-1]]
+    last = np.r_[which[1:] != which[:-1], True]
+    keep = first | last
+    return x[keep], y[keep]
+
+
+def plot_score(score: ScoreFile, max_points: int = 2000, title: str | None = None) -> PlotResult:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise GradmidiError("plots need matplotlib: pip install 'gradmidi[plot]'") from None
+    header = score.header
+    fig, (roll, norms_ax) = plt.subplots(2, 1, figsize=(12, 7), sharex=True,
+                                          gridspec_kw={"height_ratios": [3, 2]}, constrained_layout=True)
+    colours = plt.get_cmap("tab20")
+    result = PlotResult(fig)
+    for voice in header.voices:
+        notes = score.notes.get(voice.index, [])
+        if not notes:
+            continue
+        slots = np.array([n[0] for n in notes])
+        pitches = np.array([n[1] for n in notes], dtype=float)
+        steps = np.array([score.step_of(s) for s in slots])
+        colour = colours(voice.index % 20)
+        label = f"{voice.name} ({GM_PROGRAMS[voice.program]})"
+        x, y = _thin(steps, pitches, max_points)
+        roll.scatter(x, y, s=6, marker="s", color=colour, label=label, linewidths=0)
+        values = np.array([float(pitches_to_norms(np.array([p]), score.log_range_at(s), header.mapping)[0])
+                           for s, p in zip(slots, pitches)])
+        x, y = _thin(steps, values, max_points)
+        norms_ax.plot(x, y, color=colour, linewidth=0.8)
+        result.voice_labels.append(label)
+    by_kind: dict[str, list[int]] = {}
+    for slot, kind in score.drums:
+        by_kind.setdefault(kind, []).append(score.step_of(slot))
+    for kind, steps in by_kind.items():
+        roll.vlines(steps, 0, 1, transform=roll.get_xaxis_transform(), colors=EVENT_COLOURS.get(kind, "k"),
+                    linewidth=0.8, alpha=0.8, label=f"event: {kind} ({len(steps)})")
+        result.events += [(s, kind) for s in steps]
+    epochs = [score.step_of(slot) for slot, text in score.markers if text.startswith("epoch")]
+    if epochs:
+        for ax in (roll, norms_ax):
+            ax.vlines(epochs, 0, 1, transform=ax.get_xaxis_transform(), colors="0.6", linestyles="dashed",
+                      linewidth=0.7)
+        result.epochs = epochs
+    roll.set_ylabel("MIDI note")
+    roll.set_ylim(header.mapping.low_note - 2, header.mapping.high_note + 2)
+    roll.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
+    norms_ax.set_yscale("log")
+    norms_ax.set_ylabel("gradient norm (decoded)")
+    norms_ax.set_xlabel("step")
+    roll.set_title(title or f"{header.title}: {score.summary()['steps']} steps, {header.mapping.key} "
+                   f"{header.mapping.scale.replace('_', ' ')}")
+    return result
+
+
+def plot(score_path: str | os.PathLike, out: str | os.PathLike, max_points: int = 2000,
+         dpi: int = 110) -> PlotResult:
+    """Draws a score to a PNG (or SVG/PDF by suffix)."""
+    out = Path(out)
+    if out.suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise GradmidiError(f"{out}: plots are written as .png, .svg or .pdf")
+    if not out.parent.exists():
+        raise GradmidiError(f"{out.parent}: no such folder for the plot")
+    result = plot_score(read_score(score_path), max_points)
+    result.figure.savefig(out, dpi=dpi)
+    import matplotlib.pyplot as plt
+
+    plt.close(result.figure)
+    return result
