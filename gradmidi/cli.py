@@ -58,9 +58,11 @@ def _console(quiet: bool = False):
 @click.option("--key", default="A", show_default=True)
 @click.option("--audio/--no-audio", default=True, show_default=True,
               help="Render each score to .wav with FluidSynth and gradmidi's own SoundFont.")
-@click.option("-q", "--quiet", is_flag=True, help="Print only the output folder.")
+@click.option("--report/--no-report", default=True, show_default=True,
+              help="Write an HTML page comparing the settings (needs matplotlib).")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the report's (or the output folder's) path.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def demo(out_dir, steps, settings, mnist, seed, scale, key, audio, quiet, as_json) -> None:
+def demo(out_dir, steps, settings, mnist, seed, scale, key, audio, report, quiet, as_json) -> None:
     """Train the seed experiment's CNN in its five settings and write one score per setting."""
     from . import demo as demo_mod
     from .mapping import Mapping
@@ -88,16 +90,28 @@ def demo(out_dir, steps, settings, mnist, seed, scale, key, audio, quiet, as_jso
                 setting, data, out_dir, steps=steps, seed=seed, scale=scale, key=key, audio=audio,
                 on_step=lambda t=task: progress.advance(t),
             ))
+    report_page = None
+    if report:
+        from .report import build_report
+
+        try:
+            with console.status("writing the report", spinner="dots"):
+                report_page = build_report([r.path for r in results], out_dir / "report", audio=audio,
+                                           title="gradmidi demo: the seed experiment")
+        except GradmidiError as exc:  # the scores are written: a missing plot library is only a note
+            click.echo(f"note: no report: {exc}", err=True)
     if as_json:
         click.echo(json.dumps([_result_json(r) for r in results], indent=2))
         return
     if quiet:
-        click.echo(str(out_dir))
+        click.echo(str(report_page or out_dir))
         return
     console.print(_summary_table(results))
     heard = " and .wav audio" if any(r.audio for r in results) else ""
     console.print(f"Scores (.mid){heard} written to [bold]{out_dir}/[/]  "
                   "(open them in any DAW, or: gradmidi inspect FILE)")
+    if report_page:
+        console.print(f"Report: [bold]{report_page}[/]")
 
 
 def _result_json(result) -> dict:
@@ -318,6 +332,37 @@ def plot(file, out, max_points) -> None:
     out = out or file.with_suffix(".png")
     result = plot_file(file, out, max_points=max_points)
     click.echo(f"{out}: {len(result.voice_labels)} voices, {len(result.events)} events", err=True)
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), default=Path("gradmidi-report"),
+              show_default=True, help="Folder for index.html, plots and audio.")
+@click.option("--audio/--no-audio", default=True, show_default=True, help="Render each run to .ogg for the page.")
+@click.option("--soundfont", type=click.Path(path_type=Path), default=None)
+@click.option("--title", default="gradmidi report", show_default=True)
+@click.option("-q", "--quiet", is_flag=True)
+def report(files, out, audio, soundfont, title, quiet) -> None:
+    """A static HTML page comparing runs: plot, audio, events and voices for each."""
+    from .report import build_report
+
+    console = _console(quiet)
+    with console.status("building the report", spinner="dots") if console.is_terminal and not quiet else \
+            _nothing() as status:
+        def on_run(name: str) -> None:
+            if status is not None:
+                status.update(f"report: {name}")
+
+        index = build_report(list(files), out, audio=audio, soundfont=soundfont, title=title, progress=on_run)
+    click.echo(str(index))
+
+
+class _nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
 
 
 @cli.command()

@@ -1,0 +1,137 @@
+"""A static HTML page for a set of runs: plot, audio player, events and voices, side by side.
+
+The report is a folder (index.html, one .png and one .ogg per run) that works opened from
+disk: no server, no network, no script.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import GradmidiError
+from .instruments import GM_PROGRAMS
+from .scorefile import ScoreFile, read_score
+
+MAX_EVENT_ROWS = 200
+CSS = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 24px; color: #222; background: #fafafa; }
+h1 { font-size: 22px; margin: 0 0 4px; } .sub { color: #666; margin-bottom: 20px; }
+.runs { display: grid; grid-template-columns: repeat(auto-fit, minmax(560px, 1fr)); gap: 20px; }
+.run { background: #fff; border: 1px solid #ddd; border-radius: 8px; padding: 16px; }
+.run h2 { font-size: 17px; margin: 0 0 4px; } .facts { color: #555; margin-bottom: 8px; }
+.run img { width: 100%; height: auto; border: 1px solid #eee; }
+audio { width: 100%; margin: 8px 0; } .noaudio { color: #a33; }
+table { border-collapse: collapse; width: 100%; margin: 8px 0; font-size: 13px; }
+th, td { text-align: left; padding: 3px 6px; border-bottom: 1px solid #eee; }
+th { background: #f3f3f3; } .nan { color: #d62728; } .inf { color: #9467bd; } .spike { color: #ff7f0e; }
+.loss_spike { color: #8c564b; } .skipped { color: #17becf; } details summary { cursor: pointer; color: #333; }
+"""
+
+
+@dataclass
+class RunPage:
+    name: str
+    score: ScoreFile
+    image: str
+    audio: str | None
+    audio_problem: str | None
+
+
+def _slug(path: Path, taken: set[str]) -> str:
+    base = re.sub(r"[^A-Za-z0-9._-]+", "-", path.stem).strip("-") or "run"
+    name, i = base, 2
+    while name in taken:
+        name, i = f"{base}-{i}", i + 1
+    taken.add(name)
+    return name
+
+
+def build_report(
+    scores: list[str | os.PathLike], out: str | os.PathLike, *, audio: bool = True, soundfont=None,
+    title: str = "gradmidi report", progress: Callable[[str], None] | None = None,
+) -> Path:
+    """Writes ``out/index.html`` (and its images and audio) for ``scores``; returns the page's path."""
+    from .plot import plot
+    from .render import fluidsynth_available, render
+
+    if not scores:
+        raise GradmidiError("give at least one score for the report")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise GradmidiError(f"{out}: exists and is not a folder")
+    parsed = [(Path(p), read_score(p)) for p in scores]  # every input checked before anything is written
+    out.mkdir(parents=True, exist_ok=True)
+    problem = fluidsynth_available() if audio else "audio not asked for (--no-audio)"
+    pages, taken = [], set()
+    for path, score in parsed:
+        name = _slug(path, taken)
+        if progress:
+            progress(name)
+        plot(path, out / f"{name}.png")
+        audio_file, audio_problem = None, problem
+        if problem is None:
+            try:
+                render(path, out / f"{name}.ogg", soundfont)
+                audio_file = f"{name}.ogg"
+            except GradmidiError as exc:
+                audio_problem = str(exc)
+        pages.append(RunPage(name, score, f"{name}.png", audio_file, audio_problem))
+    index = out / "index.html"
+    tmp = out / ".index.html.tmp"
+    tmp.write_text(_page(pages, title), encoding="utf-8")
+    os.replace(tmp, index)
+    return index
+
+
+def _page(pages: list[RunPage], title: str) -> str:
+    e = html.escape
+    cards = "\n".join(_card(p) for p in pages)
+    return (f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{e(title)}</title>"
+            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><style>{CSS}</style></head>\n"
+            f"<body><h1>{e(title)}</h1><div class=\"sub\">{len(pages)} run(s). Higher notes are larger gradient "
+            f"norms; drums and coloured markers are events (crash: NaN, china: Inf, cowbell: spike, clap: loss "
+            f"spike, triangle: skipped step).</div>\n<div class=\"runs\">\n{cards}\n</div></body></html>\n")
+
+
+def _card(page: RunPage) -> str:
+    e = html.escape
+    s = page.score.summary()
+    counts = ", ".join(f"{k.replace('_', ' ')} {n}" for k, n in s["events"].items() if n) or "no events"
+    first = [s["first_event_step"][k] for k in ("nan", "inf") if k in s["first_event_step"]]
+    diverged = f"; first NaN/Inf at step {min(first)}" if first else ""
+    audio = (f'<audio controls preload="metadata" src="{e(page.audio)}"></audio>' if page.audio
+             else f'<p class="noaudio">no audio: {e(page.audio_problem or "")}</p>')
+    voices = "".join(
+        f"<tr><td>{e(v.name)}</td><td>{e(', '.join(v.layers[:3]) + (f' +{len(v.layers) - 3}' if len(v.layers) > 3 else ''))}"
+        f"</td><td>{v.channel + 1}</td><td>{e(GM_PROGRAMS[v.program])}</td><td>{e(v.kind)}</td>"
+        f"<td>{_pitch_range(page.score, v.index)}</td></tr>"
+        for v in page.score.header.voices
+    )
+    events = [(page.score.step_of(slot), kind) for slot, kind in page.score.drums]
+    labels = {}
+    for slot, text in page.score.markers:
+        labels.setdefault((page.score.step_of(slot), text.split(" ", 1)[0]), text)
+    rows = "".join(
+        f'<tr class="event"><td>{step}</td><td class="{e(kind)}">{e(kind)}</td>'
+        f"<td>{e(labels.get((step, kind), ''))}</td></tr>" for step, kind in events[:MAX_EVENT_ROWS]
+    )
+    more = f"<p>... and {len(events) - MAX_EVENT_ROWS} more events</p>" if len(events) > MAX_EVENT_ROWS else ""
+    event_table = (f"<details{' open' if len(events) <= 20 else ''}><summary>events ({len(events)})</summary>"
+                   f"<table class=\"events\"><tr><th>step</th><th>kind</th><th>marker</th></tr>{rows}</table>{more}"
+                   f"</details>") if events else "<p>no events</p>"
+    return (f'<section class="run" id="{e(page.name)}"><h2>{e(page.score.header.title)}</h2>'
+            f'<div class="facts">{e(page.name)}.mid: {s["steps"]} steps, {s["seconds"]:g} s at {s["bpm"]:g} bpm, '
+            f"{e(s['scale'].replace('_', ' '))}; {e(counts)}{e(diverged)}</div>"
+            f'<img src="{e(page.image)}" alt="piano roll and gradient norms of {e(page.name)}">{audio}'
+            f'<table class="voices"><tr><th>voice</th><th>layers</th><th>ch</th><th>instrument</th><th>kind</th>'
+            f"<th>pitches</th></tr>{voices}</table>{event_table}</section>")
+
+
+def _pitch_range(score: ScoreFile, voice: int) -> str:
+    pitches = [p for _, p, _ in score.notes.get(voice, [])]
+    return f"{min(pitches)}-{max(pitches)}" if pitches else "-"
