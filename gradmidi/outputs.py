@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from pathlib import Path
 
 from .errors import GradmidiError
 
+CLOSE_GRACE_SECONDS = 0.05
 APIS = {"LINUX_ALSA": 2, "UNIX_JACK": 3, "MACOSX_CORE": 1, "WINDOWS_MM": 4}
 ALTERNATIVES = (
     "alternatives: JACK (api='UNIX_JACK' or MIDO_BACKEND=mido.backends.rtmidi/UNIX_JACK, with a JACK server "
@@ -108,6 +110,9 @@ class PortOutput:
             return False
 
     def close(self) -> None:
+        # rtmidi queues messages for the MIDI system (JACK sends them on its next cycle) and has
+        # no flush: closing at once can drop the final All Sound Off. Give the queue time to drain.
+        time.sleep(CLOSE_GRACE_SECONDS)
         self._out.close_port()
         self._out.delete()
 

@@ -102,6 +102,13 @@ def _groups_by_prefix(names: list[str], max_voices: int) -> list[tuple[str, list
                 groups[gi] = children[0]  # descend: same group, longer path
                 progress = True
                 break
+            # Siblings of the same size (the blocks of a transformer) are split all alike or not
+            # at all: six blocks as six voices beats block 0 in detail and block 5 as a lump.
+            twins = [g for g in groups if g[0][:-1] == prefix[:-1] and len(g[1]) == len(members) and g[0] != prefix]
+            if twins:
+                cost = sum(len(_children(t[0], t[1], parts)) - 1 for t in twins) + len(children) - 1
+                if cost > budget - 1:
+                    continue
             if len(children) > budget:
                 if budget < 2:
                     continue

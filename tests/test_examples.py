@@ -21,3 +21,47 @@ def test_plain_loop_example_writes_a_score_with_epoch_markers(tmp_path):
     assert [v["name"] for v in summary["voices"]] == ["0", "2", "3"]
     assert [text for _, text in summary["markers"] if text.startswith("epoch")] == ["epoch 1", "epoch 2"]
     assert summary["scale"] == "D major_pentatonic"
+
+
+def run_example(name: str, out, *args: str) -> str:
+    result = subprocess.run([sys.executable, str(EXAMPLES / name), "--out", str(out), *args], capture_output=True,
+                            text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_mixed_precision_example_sounds_the_skipped_steps(tmp_path):
+    run_example("mixed_precision.py", tmp_path / "amp.mid")
+    summary = gradmidi.read_score(tmp_path / "amp.mid").summary()
+    assert summary["steps"] == 120
+    assert summary["events"]["skipped"] >= 3 and summary["events"]["nan"] == summary["events"]["inf"] == 0
+    assert summary["first_event_step"]["skipped"] == 0  # the scaler calibrates at the start
+
+
+def test_clipping_example_hears_the_norms_before_clipping(tmp_path):
+    out = run_example("clipping.py", tmp_path / "clipped.mid")
+    clipped = int(out.split("clipped ")[1].split()[0])
+    assert clipped > 0
+    norms = [n for _, _, n in gradmidi.read_score(tmp_path / "clipped.mid").decode()]
+    assert max(norms) > 1.0  # above max_norm: these are the raw, unclipped norms
+
+
+def test_deep_model_example_groups_into_one_voice_per_block(tmp_path):
+    out = run_example("deep_model.py", tmp_path / "deep.mid", "--steps", "10")
+    assert "38 layers -> 8 voices" in out
+    names = [v["name"] for v in gradmidi.read_score(tmp_path / "deep.mid").summary()["voices"]]
+    assert names == ["embed"] + [f"encoder.layers.{i}" for i in range(6)] + ["head"]
+
+
+def test_voices_and_scales_example_uses_the_chosen_voices_instruments_and_scale(tmp_path):
+    run_example("voices_and_scales.py", tmp_path / "chosen.mid")
+    summary = gradmidi.read_score(tmp_path / "chosen.mid").summary()
+    assert [(v["name"], v["instrument"]) for v in summary["voices"]] == [
+        ("stem", "Cello"), ("body", "Vibraphone"), ("head", "Flute")]
+    assert summary["scale"] == "Eb major"
+    eb_major = {3, 5, 7, 8, 10, 0, 2}
+    for v in summary["voices"]:
+        lo, hi = v["pitch_range"]
+        assert 48 <= lo <= hi <= 84
+    score = gradmidi.read_score(tmp_path / "chosen.mid")
+    assert all(p % 12 in eb_major for notes in score.notes.values() for _, p, _ in notes)

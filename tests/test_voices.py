@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -65,7 +67,11 @@ def test_transformer_layers_group_into_at_most_15_voices(names):
     layers = [(n, kind_for(n)) for n in names]
     table, assignment = plan_voices(layers)
     check_table(table, assignment, len(names), names)
-    assert len(table) == MAX_VOICES  # the budget is used, not wasted
+    assert len(table) <= MAX_VOICES
+    # blocks of the same shape are voiced alike (whole blocks, or even runs of them), never a few
+    # blocks in detail and the rest as lumps
+    sizes = [len(v.layers) for v in table if re.match(r"blocks\.\d", v.name)]
+    assert max(sizes) - min(sizes) <= len(names[1:-1]) // len({n.split(".")[1] for n in names[1:-1]}), sizes
     # every layer in exactly one voice
     assert (assignment >= 0).all()
     recorded = [layer for v in table for layer in v.layers]
@@ -86,11 +92,9 @@ def test_transformer_layers_group_into_at_most_15_voices(names):
 def test_22_layer_transformer_voice_names():
     names = transformer_names(10)
     table, _ = plan_voices([(n, kind_for(n)) for n in names])
-    assert [v.name for v in table] == [
-        "embed", "blocks.0.attn", "blocks.0.mlp", "blocks.1.attn", "blocks.1.mlp", "blocks.2.attn",
-        "blocks.2.mlp", "blocks.3", "blocks.4", "blocks.5", "blocks.6", "blocks.7", "blocks.8", "blocks.9", "head",
-    ]
-    assert {v.name: v.kind for v in table}["blocks.0.attn"] == "attention"
+    # one voice per block (splitting some blocks into attn/mlp but not others would be uneven)
+    assert [v.name for v in table] == ["embed"] + [f"blocks.{i}" for i in range(10)] + ["head"]
+    assert {v.name: v.layers for v in table}["blocks.3"] == ("blocks.3.attn", "blocks.3.mlp")
 
 
 def test_flat_sequential_of_30_is_chunked_into_contiguous_runs():
@@ -138,7 +142,8 @@ def test_root_module_layer_is_named_root():
 def test_any_tree_gets_at_most_max_voices_and_every_layer_once(names, max_voices):
     table, assignment = plan_voices([(n, "Linear") for n in names], max_voices=max_voices)
     assert len(table) <= max_voices
-    assert len(table) == min(len(names), max_voices)  # the budget is used whenever there is room
+    if len(names) <= max_voices:
+        assert len(table) == len(names)  # room for every layer: one voice each
     check_table(table, assignment, len(names), names)
     assert (assignment >= 0).all()
     voice_names = [v.name for v in table]
@@ -212,12 +217,12 @@ def test_programs_override_by_name_number_and_gm_name():
     names = transformer_names(10)
     table, _ = plan_voices(
         [(n, kind_for(n)) for n in names],
-        programs={"head": "Flute", "embed": 40, "blocks.0.attn": "violin", "blocks.5": "Church Organ"},
+        programs={"head": "Flute", "embed": 40, "blocks.0": "violin", "blocks.5": "Church Organ"},
     )
     by_name = {v.name: v for v in table}
     assert by_name["head"].program == GM_PROGRAMS.index("Flute") == 73
     assert by_name["embed"].program == 40
-    assert by_name["blocks.0.attn"].program == GM_PROGRAMS.index("Violin")
+    assert by_name["blocks.0"].program == GM_PROGRAMS.index("Violin")
     assert by_name["blocks.5"].program == GM_PROGRAMS.index("Church Organ")
 
 
@@ -226,7 +231,7 @@ def test_programs_override_by_layer_name_and_glob():
     table, _ = plan_voices([(n, kind_for(n)) for n in names], programs={"blocks.7.mlp": "Tuba", "blocks.0.*": 12})
     by_name = {v.name: v for v in table}
     assert by_name["blocks.7"].program == GM_PROGRAMS.index("Tuba")  # a member layer's name reaches its voice
-    assert by_name["blocks.0.attn"].program == by_name["blocks.0.mlp"].program == 12
+    assert by_name["blocks.0"].program == 12  # a glob over member layers reaches their voice
 
 
 def test_programs_pattern_matching_nothing_and_bad_program_raise():
