@@ -366,6 +366,28 @@ class _nothing:
 
 
 @cli.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Score to write.")
+@click.option("--tags", multiple=True, metavar="PATTERN",
+              help="Glob over tag/name (repeatable); default: TensorBoard tags that look like gradient norms.")
+@click.option("--scale", default="minor_pentatonic", show_default=True)
+@click.option("--key", default="A", show_default=True)
+@click.option("--every", type=click.IntRange(1, 1_000_000), default=1, show_default=True,
+              help="Steps per slot (long logs).")
+def sonify(source, out, tags, scale, key, every) -> None:
+    """Turn a finished run's logs (TensorBoard, CSV or JSONL of step, name, value) into a score."""
+    from .replay import read_series, sonify_series
+
+    if out.exists() and out.resolve() == source.resolve():
+        raise GradmidiError(f"{out}: refusing to write the score over its source")
+    series = read_series(source, list(tags) or None)
+    steps = sonify_series(series, out, title=source.name, scale=scale, key=key, every=every)
+    for note in series.notes():
+        click.echo(f"note: {note}", err=True)
+    click.echo(f"{out}: {steps} steps, {len(series.values)} voices from {source}", err=True)
+
+
+@cli.command()
 def programs() -> None:
     """List the General MIDI programs, scales, layer families and event drums."""
     from .instruments import DRUM_KEYS, GM_PROGRAMS, KIND_PROGRAMS

@@ -1,0 +1,192 @@
+"""Finished runs back into scores: TensorBoard event files, CSV and JSONL of (step, name, value).
+
+The values go through the same events, mapping and writer as a live run. TensorBoard logs are
+read with TensorBoard's own reader, with no downsampling (scalars and tensor events). By
+default the tags that look like gradient norms are the voices: Lightning's ``grad_norm``
+(``grad_2.0_norm/...``) and Hugging Face's ``train/grad_norm``; ``tags`` picks any others.
+"""
+
+from __future__ import annotations
+
+import csv
+import fnmatch
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .clock import Clock
+from .errors import GradmidiError
+from .mapping import Mapping
+from .pipeline import ScoreBuilder
+from .score import ScoreHeader
+from .sinks.midifile import MidiFileSink
+from .voices import plan_voices
+
+DEFAULT_TAGS = re.compile(r"grad[^/]*norm", re.IGNORECASE)
+NAME_COLUMNS = ("name", "tag", "voice", "layer")
+VALUE_COLUMNS = ("value", "norm")
+
+
+@dataclass
+class Series:
+    """name -> {step: value}, plus what was odd about the input (said to the user)."""
+
+    values: dict[str, dict[int, float]] = field(default_factory=dict)
+    duplicates: int = 0
+    unsorted: bool = False
+    non_finite: int = 0
+
+    def add(self, name: str, step: int, value: float, last_step: dict[str, int]) -> None:
+        series = self.values.setdefault(name, {})
+        if step in series:
+            self.duplicates += 1  # the later value wins, as TensorBoard shows it
+        if step < last_step.get(name, -math.inf):
+            self.unsorted = True
+        last_step[name] = step
+        if not math.isfinite(value):
+            self.non_finite += 1
+        series[step] = value
+
+    def notes(self) -> list[str]:
+        steps = sorted({s for v in self.values.values() for s in v})
+        out = []
+        if self.unsorted:
+            out.append("steps were out of order: sorted")
+        if self.duplicates:
+            out.append(f"{self.duplicates} duplicated step(s): the last value of each kept")
+        if self.non_finite:
+            out.append(f"{self.non_finite} NaN/Inf value(s): sounded as events")
+        if steps:
+            gaps = (steps[-1] - steps[0] + 1) - len(steps)
+            if gaps:
+                out.append(f"{gaps} missing step(s) between {steps[0]} and {steps[-1]}: silent")
+        return out
+
+
+def read_series(path: str | os.PathLike, tags: list[str] | None = None) -> Series:
+    path = Path(path)
+    if not path.exists():
+        raise GradmidiError(f"{path}: no such file or folder")
+    suffix = path.suffix.lower()
+    if path.is_file() and suffix == ".csv":
+        series = _read_csv(path)
+    elif path.is_file() and suffix in (".jsonl", ".ndjson"):
+        series = _read_jsonl(path)
+    else:
+        series = _read_tensorboard(path)
+    chosen = Series(duplicates=series.duplicates, unsorted=series.unsorted, non_finite=series.non_finite)
+    for name, values in series.values.items():
+        if (tags and any(fnmatch.fnmatchcase(name, t) for t in tags)) or (not tags and (
+                suffix in (".csv", ".jsonl", ".ndjson") or DEFAULT_TAGS.search(name))):
+            chosen.values[name] = values
+    if not chosen.values:
+        found = ", ".join(sorted(series.values)[:8]) or "none"
+        what = f"no tag matches {', '.join(tags)}" if tags else "no gradient-norm tags"
+        raise GradmidiError(f"{path}: {what} (tags found: {found}); choose some with --tags PATTERN")
+    return chosen
+
+
+def _column(header: list[str], choices: tuple[str, ...], path: Path) -> int:
+    lowered = [h.strip().lower() for h in header]
+    for choice in choices:
+        if choice in lowered:
+            return lowered.index(choice)
+    raise GradmidiError(f"{path}: no {'/'.join(choices)} column (columns: {', '.join(header) or 'none'}); "
+                        "need step, name, value")
+
+
+def _read_csv(path: Path) -> Series:
+    series, last = Series(), {}
+    with open(path, newline="") as f:
+        rows = csv.reader(f)
+        header = next(rows, [])
+        step_i = _column(header, ("step",), path)
+        name_i, value_i = _column(header, NAME_COLUMNS, path), _column(header, VALUE_COLUMNS, path)
+        for line, row in enumerate(rows, start=2):
+            if not row:
+                continue
+            try:
+                series.add(row[name_i], int(float(row[step_i])), float(row[value_i]), last)
+            except (ValueError, IndexError):
+                raise GradmidiError(f"{path}:{line}: not a step, name, value row: {','.join(row)}") from None
+    return series
+
+
+def _read_jsonl(path: Path) -> Series:
+    series, last = Series(), {}
+    with open(path) as f:
+        for line, text in enumerate(f, start=1):
+            if not text.strip():
+                continue
+            try:
+                record = json.loads(text)
+                name = next(record[k] for k in NAME_COLUMNS if k in record)
+                value = next(record[k] for k in VALUE_COLUMNS if k in record)
+                series.add(str(name), int(record["step"]), float(value), last)
+            except (ValueError, KeyError, StopIteration, TypeError):
+                raise GradmidiError(f"{path}:{line}: not a {{step, name, value}} record") from None
+    return series
+
+
+def _read_tensorboard(path: Path) -> Series:
+    try:
+        from tensorboard.backend.event_processing import event_accumulator as ea
+    except ImportError:
+        raise GradmidiError("reading TensorBoard logs needs tensorboard: pip install 'gradmidi[tensorboard]'") from None
+    files = [path] if path.is_file() else sorted(path.rglob("*tfevents*"))
+    if not files:
+        raise GradmidiError(f"{path}: no TensorBoard event files (*tfevents*) here")
+    series, last = Series(), {}
+    for file in files:
+        accumulator = ea.EventAccumulator(str(file), size_guidance={ea.SCALARS: 0, ea.TENSORS: 0})  # 0: keep all
+        try:
+            accumulator.Reload()
+        except Exception as exc:  # TensorBoard raises several kinds for damaged records
+            raise GradmidiError(f"{file}: not a readable TensorBoard event file ({type(exc).__name__})") from None
+        tags = accumulator.Tags()
+        for tag in tags.get("scalars", []):
+            for event in accumulator.Scalars(tag):
+                series.add(tag, int(event.step), float(event.value), last)
+        for tag in tags.get("tensors", []):
+            for event in accumulator.Tensors(tag):
+                value = np.asarray(_tensor_value(event.tensor_proto))
+                if value.size == 1:
+                    series.add(tag, int(event.step), float(value.reshape(-1)[0]), last)
+    if not series.values and files:
+        raise GradmidiError(f"{path}: the event files hold no readable scalar values (empty or damaged?)")
+    return series
+
+
+def _tensor_value(proto):
+    from tensorboard.util import tensor_util
+
+    return tensor_util.make_ndarray(proto)
+
+
+def sonify_series(series: Series, out: str | os.PathLike, title: str = "replay", **mapping_options) -> int:
+    """Writes the score; returns the number of steps."""
+    names = list(series.values)
+    steps = sorted({s for values in series.values.values() for s in values})
+    # The text after the last '/' (a layer or parameter name) hints the layer kind, and so the instrument.
+    voices, assignment = plan_voices([(n, n.rsplit("/", 1)[-1]) for n in names])
+    clock_options = {k: mapping_options.pop(k) for k in ("bpm", "every") if k in mapping_options}
+    header = ScoreHeader(voices, Mapping(**mapping_options), Clock(**clock_options), title,
+                         {"first_step": steps[0], "source": "replay", "layers": names})
+    builder = ScoreBuilder(header, assignment, first_step=steps[0])
+    sink = MidiFileSink(out, flush_interval=math.inf)
+    sink.open(header)
+    columns = [series.values[n] for n in names]
+    for step in steps:
+        row = np.array([c.get(step, np.nan) for c in columns])
+        present = np.array([step in c for c in columns])
+        for slot in builder.add_step(step, row, present):
+            sink.emit(slot)
+    for slot in builder.finish():
+        sink.emit(slot)
+    sink.close()
+    return len(steps)
