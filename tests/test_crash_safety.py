@@ -57,8 +57,13 @@ def _start(tmp_path: Path, mode: str) -> tuple[subprocess.Popen, Path]:
 
 
 def _read_progress(proc: subprocess.Popen, seconds: float) -> list[tuple[float, int]]:
-    """(monotonic time, steps done) lines printed by the trainer during ``seconds``."""
+    """(monotonic time, steps done) lines printed by the trainer during ``seconds`` after its first
+    step (start-up, importing torch, can take seconds on a loaded machine and is not counted)."""
     lines = []
+    first = proc.stdout.readline()
+    if first:
+        t, step = first.split()
+        lines.append((float(t), int(step)))
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
