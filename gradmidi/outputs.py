@@ -164,6 +164,13 @@ class SynthOutput:
         self.synth.delete()
 
 
+def silence_messages(sounding: set[tuple[int, int]], channels: set[int]) -> list[bytes]:
+    """Note-off for every sounding (channel, key), then All Notes Off (CC 123) and All Sound Off
+    (CC 120) on every channel used: what live playback sends when it stops, however it stops."""
+    offs = [bytes([0x80 | channel, key, 0]) for channel, key in sorted(sounding)]
+    return offs + [bytes([0xB0 | ch, cc, 0]) for ch in sorted(channels) for cc in (123, 120)]
+
+
 def open_output(spec: str, api: str | None = None, soundfont=None):
     """'synth[:DRIVER]', 'virtual[:NAME]', or a port name (or a part of one, 'port:NAME')."""
     kind, _, arg = spec.partition(":")

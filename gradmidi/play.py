@@ -6,6 +6,7 @@ import os
 import time
 from collections.abc import Callable
 
+from .outputs import silence_messages
 from .render import read_timeline
 from .smf import tempo_map, ticks_to_seconds
 
@@ -39,10 +40,7 @@ def play_score(path: str | os.PathLike, output, progress: Callable[[float, float
         if progress:
             progress(timeline.seconds, timeline.seconds)
     finally:  # also on Ctrl-C: nothing keeps sounding
-        for channel, key in sorted(sounding):
-            output.send(bytes([0x80 | channel, key, 0]))
-        for channel in sorted(channels):
-            output.send(bytes([0xB0 | channel, 123, 0]))
-            output.send(bytes([0xB0 | channel, 120, 0]))
+        for message in silence_messages(sounding, channels):
+            output.send(message)
         output.close()
     return timeline.seconds

@@ -165,8 +165,8 @@ class Sonifier:
 
     # -- worker thread ----------------------------------------------------------------
     def _work(self) -> None:
-        # Work in batches (every BATCH_SECONDS at most) rather than per step: fewer thread
-        # switches and less GIL ping-pong with the training thread.
+        # Without live sinks, work in batches (every BATCH_SECONDS at most) rather than per
+        # step: fewer thread switches and less GIL ping-pong with the training thread.
         running = True
         while running:
             try:

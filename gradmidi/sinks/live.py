@@ -20,6 +20,7 @@ import numpy as np
 
 from ..instruments import DRUM_CHANNEL, DRUM_KEYS
 from ..mapping import norms_to_pitches
+from ..outputs import silence_messages
 from ..score import ScoreHeader, Slot
 from .base import Sink
 
@@ -245,10 +246,6 @@ class LiveSink(Sink):
             time.sleep(left if left > 0.002 else left / 2)
 
     def _silence(self) -> None:
-        """Every sounding note off, then All Notes Off (CC 123) and All Sound Off (CC 120) per channel."""
-        for channel, key in sorted(self._sounding):
-            self.output.send(bytes([0x80 | channel, key, 0]))
+        for message in silence_messages(self._sounding, self._channels):
+            self.output.send(message)
         self._sounding.clear()
-        for channel in sorted(self._channels):
-            self.output.send(bytes([0xB0 | channel, 123, 0]))
-            self.output.send(bytes([0xB0 | channel, 120, 0]))
