@@ -150,8 +150,8 @@ def test_steps_faster_than_the_tempo_are_merged_not_queued(jack, recorder, tmp_p
     assert started < trained
     sent = np.array([t for _, t in live.timing])
     assert np.allclose(np.diff(sent), 0.125, atol=0.003)  # still on the grid
-    ons = [m for _, m in recorder.messages if m[0] & 0xF0 == 0x90 and m[2]]
-    assert len(ons) == 2 * live.played  # two voices per played slot, nothing lost or duplicated
+    ons = [m for _, m in recorder.messages if m[0] & 0xF0 == 0x90 and m[2] and m[0] & 0x0F != 9]
+    assert len(ons) == 2 * live.played  # two voices per played slot (drum events aside), none lost
 
 
 class StalledSink(Sink):
