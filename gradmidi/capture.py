@@ -5,6 +5,11 @@ The only module that knows torch tensors and devices. Per step it runs, for each
 into a per-layer vector with ``index_add_`` (the ``clip_grad_norm_`` recipe), then
 starts one non-blocking copy of that vector per device. The host reads it later, on
 the gradmidi worker thread, once the copy's event has completed.
+
+FSDP2 (``fully_shard``): gradients are DTensors. Each rank squares the norms of its local
+shards the same way, then one all-reduce (SUM, ``async_op``) per step, over the sharding
+group, adds every layer's squares at once; the worker waits for it. Gradients not sharded
+over that group are divided by its size first, so they count once. The sum keeps NaN and Inf.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .distributed import layer_class_name
+from .errors import GradmidiError
 
 @dataclass(frozen=True)
 class Layer:
@@ -35,25 +42,38 @@ def discover_layers(model: torch.nn.Module, include_frozen: bool = False) -> lis
                 seen.add(id(p))
                 params.append(p)
         if params and (include_frozen or any(p.requires_grad for p in params)):
-            layers.append(Layer(name, type(module).__name__, tuple(params)))
+            layers.append(Layer(name, layer_class_name(module), tuple(params)))
     return layers
 
 
 class PendingNorms:
     """Host-side handle to one step's norms; ``result`` waits only on the gradmidi thread."""
 
-    __slots__ = ("_parts", "_present", "_n", "_loss")
+    __slots__ = ("_parts", "_present", "_n", "_loss", "_reduced")
 
-    def __init__(self, parts, present: np.ndarray, n_layers: int, loss) -> None:
+    def __init__(self, parts, present: np.ndarray, n_layers: int, loss, reduced=None) -> None:
         self._parts = parts  # [(host tensor, event or None, has_loss)]
         self._present = present
         self._n = n_layers
         self._loss = loss  # float, None, or "buffer": the last entry of a part
+        self._reduced = reduced  # (per-layer squares, all-reduce work) under FSDP2
+
+    def done(self) -> bool:
+        """Whether this step's all-reduce (if any) has completed; never blocks."""
+        return self._reduced is None or self._reduced[1].is_completed()
+
+    def wait(self) -> None:
+        if self._reduced is not None:
+            self._reduced[1].wait()
 
     def result(self) -> tuple[np.ndarray, np.ndarray, float | None]:
         """(per-layer norms, which layers had a gradient, loss)."""
         squares = np.zeros(self._n, dtype=np.float64)
         loss = self._loss if not isinstance(self._loss, str) else None
+        if self._reduced is not None:
+            totals, work = self._reduced
+            work.wait()
+            squares += totals.cpu().numpy()
         for host, event, has_loss in self._parts:
             if event is not None:
                 event.synchronize()
@@ -61,7 +81,8 @@ class PendingNorms:
             if has_loss:
                 loss = float(values[-1])
                 values = values[:-1]
-            squares += values
+            if len(values):
+                squares += values
         with np.errstate(invalid="ignore"):
             norms = np.sqrt(squares)
         norms[~self._present] = np.nan
@@ -76,6 +97,13 @@ class NormCapture:
         self._params = [p for layer in layers for p in layer.params]
         self._owner = np.array([i for i, layer in enumerate(layers) for _ in layer.params], dtype=np.int64)
         self._plans: dict[tuple[int, ...], list] = {}
+        # FSDP2: (the sharding group, each parameter's weight: 1 if sharded over it, else 1/size)
+        self._sharding = _sharding(self._params)
+
+    @property
+    def reduces(self) -> bool:
+        """Whether each step runs an all-reduce (sharded parameters): every rank must launch."""
+        return self._sharding is not None
 
     def launch(self, loss: torch.Tensor | float | None = None) -> PendingNorms:
         """Queue this step's norm kernels and host copies; returns at once."""
@@ -96,38 +124,113 @@ class NormCapture:
 
         loss_tensor = loss.detach() if isinstance(loss, torch.Tensor) else None
         host_loss = float(loss) if loss is not None and loss_tensor is None else None
-        parts = []
         loss_device = loss_tensor.device if loss_tensor is not None else None
+        if self._sharding is not None:
+            return self._launch_sharded(plan, grads, present, loss_tensor, host_loss)
+        parts = []
         devices = [d for d, _ in plan]
         if loss_device is not None and loss_device not in devices:
             devices.append(loss_device)
         groups = dict(plan)
         for device in devices:
             has_loss = device == loss_device
-            acc_dtype = torch.float32 if device.type == "mps" else torch.float64
-            totals = torch.zeros(len(self.layers) + has_loss, dtype=acc_dtype, device=device)
-            for dtype_positions, index in groups.get(device, ()):
-                tensors = [_dense(grads[j]) for j in dtype_positions]
-                norms = torch._foreach_norm(tensors, 2.0, dtype=torch.float32)
-                totals.index_add_(0, index, torch.stack(norms).to(acc_dtype).square_())
+            totals = self._squares(device, groups.get(device, ()), grads, extra=int(has_loss))
             if has_loss:
                 totals[-1] = loss_tensor.reshape(-1)[0]  # a device write, not a host read
             parts.append((*_to_host(totals), has_loss))
         return PendingNorms(parts, present, len(self.layers), "buffer" if loss_device is not None else host_loss)
 
+    def _launch_sharded(self, plan, grads, present, loss_tensor, host_loss) -> PendingNorms:
+        """Local squares, then one asynchronous all-reduce of every layer's squares together."""
+        import torch.distributed as dist
+
+        group, home = self._sharding[0], self._sharding[2]
+        totals = None
+        for device, entries in plan:
+            squares = self._squares(device, entries, grads)
+            totals = squares if totals is None else totals + squares.to(totals.device)
+        if totals is None:  # no gradient on this rank: still take part in the collective
+            totals = torch.zeros(len(self.layers), dtype=_acc_dtype(home), device=home)
+        work = dist.all_reduce(totals, op=dist.ReduceOp.SUM, group=group, async_op=True)
+        parts = []
+        if loss_tensor is not None:
+            parts.append((*_to_host(loss_tensor.reshape(-1)[:1].to(torch.float64)), True))
+        return PendingNorms(parts, present, len(self.layers), "buffer" if loss_tensor is not None else host_loss,
+                            reduced=(totals, work))
+
+    def _squares(self, device: torch.device, entries, grads, extra: int = 0) -> torch.Tensor:
+        """Per-layer sums of squared gradient norms on one device (plus ``extra`` spare slots)."""
+        acc_dtype = _acc_dtype(device)
+        totals = torch.zeros(len(self.layers) + extra, dtype=acc_dtype, device=device)
+        for idx, owners, local, weights in entries:
+            tensors = [grads[j]._local_tensor for j in idx] if local else [_dense(grads[j]) for j in idx]
+            norms = torch._foreach_norm(tensors, 2.0, dtype=torch.float32)
+            squares = torch.stack(norms).to(acc_dtype).square_()
+            if weights is not None:
+                squares.mul_(weights)
+            totals.index_add_(0, owners, squares)
+        return totals
+
     def _plan(self, grads: list[torch.Tensor], positions: list[int]) -> list:
-        """Per device: [(indices into grads of one dtype, layer index tensor on the device)]."""
-        by_device: dict[torch.device, dict[torch.dtype, list[int]]] = {}
+        """Per device: [(indices into grads of one dtype and kind, layer index tensor on the device,
+        whether they are DTensors, their weights or None)]."""
+        by_device: dict[torch.device, dict[tuple, list[int]]] = {}
         for j, g in enumerate(grads):
-            by_device.setdefault(g.device, {}).setdefault(g.dtype, []).append(j)
+            kind = (g.dtype, hasattr(g, "device_mesh"))  # a DTensor: its local shard is read
+            by_device.setdefault(g.device, {}).setdefault(kind, []).append(j)
         plan = []
-        for device, by_dtype in by_device.items():
+        for device, by_kind in by_device.items():
             entries = []
-            for idx in by_dtype.values():
-                owners = torch.as_tensor(self._owner[[positions[j] for j in idx]], device=device)
-                entries.append((idx, owners))
+            for (_, local), idx in by_kind.items():
+                params = [positions[j] for j in idx]
+                owners = torch.as_tensor(self._owner[params], device=device)
+                weights = None
+                if self._sharding is not None and (self._sharding[1][params] != 1.0).any():
+                    weights = torch.as_tensor(self._sharding[1][params], dtype=_acc_dtype(device), device=device)
+                entries.append((idx, owners, local, weights))
             plan.append((device, entries))
         return plan
+
+
+def _sharding(params: list[torch.nn.Parameter]):
+    """(process group, per-parameter weights, home device) when parameters are sharded DTensors.
+
+    The group is the one mesh dimension the parameters are sharded over (HSDP: the shard
+    dimension, not the replicate one). A gradient sharded over it counts fully; any other
+    (replicated over it, or a plain tensor) is the same on every rank of the group, so each
+    rank adds 1/size of its square. None when nothing is sharded: no collective is needed.
+    """
+    if not torch.distributed.is_available():
+        return None
+    from torch.distributed.tensor import DTensor
+
+    dtensors = [p for p in params if isinstance(p, DTensor)]
+    if not dtensors:
+        return None
+    mesh = dtensors[0].device_mesh
+    dims = set()
+    for p in dtensors:
+        if p.device_mesh != mesh:
+            raise GradmidiError("gradmidi needs every sharded parameter on one device mesh; "
+                                f"found {mesh} and {p.device_mesh}")
+        if any(pl.is_partial() for pl in p.placements):
+            raise GradmidiError("a parameter with a Partial placement cannot be sounded: reduce it first")
+        dims.update(d for d, pl in enumerate(p.placements) if pl.is_shard())
+    if not dims:
+        return None
+    if len(dims) > 1:
+        raise GradmidiError("gradmidi reduces over one sharded mesh dimension (FSDP2 or HSDP); these "
+                            f"parameters are sharded over mesh dimensions {sorted(dims)}")
+    dim = dims.pop()
+    size = mesh.size(dim)
+    weights = np.array([1.0 if isinstance(p, DTensor) and p.placements[dim].is_shard() else 1.0 / size
+                        for p in params])
+    home = dtensors[0].to_local().device
+    return mesh.get_group(dim), weights, home
+
+
+def _acc_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64
 
 
 def _dense(g: torch.Tensor) -> torch.Tensor:

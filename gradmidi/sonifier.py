@@ -5,6 +5,10 @@ queue (never blocking: if gradmidi falls behind by ``queue_size`` steps, a step 
 dropped and counted rather than stalling training). A worker thread waits for the host
 copies, detects events, maps notes and feeds the sinks; the .mid file is flushed from
 there too.
+
+Under torch.distributed only global rank zero sounds: the other ranks open no sink and
+start no thread. They do only what correctness needs: nothing per step under DDP (its
+gradients are already averaged), their part of the step's one all-reduce under FSDP2.
 """
 
 from __future__ import annotations
@@ -25,9 +29,10 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .capture import NormCapture, discover_layers
+from .capture import Layer, NormCapture, discover_layers
 from .clock import Clock
 from .detect import SpikeSettings
+from .distributed import GradientSyncWatch, layer_class_name, rank_and_world, unwrap
 from .errors import GradmidiError
 from .mapping import Mapping
 from .pipeline import ScoreBuilder
@@ -76,6 +81,7 @@ class Sonifier:
         title: str | None = None,
         flush_interval: float = 2.0,
         queue_size: int = 4096,
+        rank_zero_only: bool = True,
         **options: Any,
     ) -> None:
         unknown = set(options) - _MAPPING_OPTIONS - _CLOCK_OPTIONS
@@ -94,22 +100,41 @@ class Sonifier:
         else:
             clock = Clock(**clock_opts)
 
-        self.audio = self._check_audio(audio, path, soundfont)
+        self.rank, world = rank_and_world()
+        # Only rank zero sounds, unless each rank asks to (then give each its own path).
+        self.sounding = self.rank == 0 or not rank_zero_only
+        self.audio = self._check_audio(audio, path, soundfont, self.sounding)
         self.soundfont = soundfont
+        model = unwrap(model)
+        self._model, self._include_frozen = model, include_frozen
         layers = discover_layers(model, include_frozen=include_frozen)
         table, assignment = plan_voices(
             [(layer.name, layer.class_name) for layer in layers],
             voices=voices, programs=programs, max_voices=max_voices,
         )
         self.header = ScoreHeader(
-            voices=table, mapping=mapping, clock=clock, title=title or type(model).__name__,
-            info={"gradmidi": __version__, "model": type(model).__name__, "aggregate": aggregate,
+            voices=table, mapping=mapping, clock=clock, title=title or layer_class_name(model),
+            info={"gradmidi": __version__, "model": layer_class_name(model), "aggregate": aggregate,
                   "layers": [layer.name for layer in layers], "first_step": 0},
         )
         self.voices = table
         self.layers = layers
         self._capture = NormCapture(layers)
         self._builder = ScoreBuilder(self.header, assignment, aggregate=aggregate, spikes=spikes)
+        # Distributed: skip steps whose gradients were not synchronised (gradient accumulation).
+        self._sync_watch = GradientSyncWatch(model) if world > 1 else None
+        self._rebind_params = world > 1
+        self.unsynced_steps = 0
+        self._steps = 0
+        self._epochs = 0
+        self._closed = False
+        self.dropped = 0
+        self.event_counts: Counter[str] = Counter()
+        self.events: deque = deque(maxlen=10_000)  # the most recent events, for summaries
+        self.slots = 0
+        if not self.sounding:
+            self._in_flight: deque = deque()  # this rank's unfinished all-reduces (FSDP2)
+            return
         file_sinks = [MidiFileSink(path, flush_interval, epoch_downbeat)] if path is not None else []
         live_sinks = _live_sinks(live, midi_api, soundfont, live_latency)  # opens ports: after the checks
         # Live sinks first: a slot reaches the port before the file writer spends time on it.
@@ -120,13 +145,6 @@ class Sonifier:
         self._sinks = SinkFanout(all_sinks)
         self._sinks.open(self.header)
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
-        self._steps = 0
-        self._epochs = 0
-        self.dropped = 0
-        self.event_counts: Counter[str] = Counter()
-        self.events: deque = deque(maxlen=10_000)  # the most recent events, for summaries
-        self.slots = 0
-        self._closed = False
         self._interrupted = False
         self._close_lock = threading.Lock()
         self._worker = threading.Thread(target=self._work, name="gradmidi", daemon=True)
@@ -138,21 +156,51 @@ class Sonifier:
         """Sounds this step's gradients. Never blocks and never raises on NaN/Inf."""
         if self._closed:
             return
+        if self._sync_watch is not None:
+            if not self._sync_watch.synced():  # a no_sync() micro-step: its gradients are partial
+                self.unsynced_steps += 1
+                return
+            if self._rebind_params:
+                self._rebind_params = False
+                self._rebind_if_rewrapped()
+        if not self.sounding:
+            if self._capture.reduces:  # FSDP2: this rank's part of the step's one all-reduce
+                self._keep_in_flight(self._capture.launch())
+            self._steps += 1
+            return
         scaling = bool(scaler is not None and scaler.is_enabled())
         pending = self._capture.launch(loss)
         self._put(("step", self._steps, pending, scaling))
         self._steps += 1
 
+    def _rebind_if_rewrapped(self) -> None:
+        """fully_shard replaces a module's parameters: if the model was sharded after the
+        Sonifier was made, read the new (sharded) parameters of the same layers."""
+        fresh = {layer.name: layer for layer in discover_layers(self._model, include_frozen=self._include_frozen)}
+        rebound = [Layer(layer.name, layer.class_name, fresh[layer.name].params) if layer.name in fresh else layer
+                   for layer in self.layers]
+        if [list(map(id, layer.params)) for layer in rebound] != [list(map(id, layer.params)) for layer in self.layers]:
+            self.layers = rebound
+            self._capture = NormCapture(rebound)
+
+    def _keep_in_flight(self, pending) -> None:
+        """Non-sounding ranks never read their all-reduce; they only see that it completes."""
+        self._in_flight.append(pending)
+        while self._in_flight and self._in_flight[0].done():
+            self._in_flight.popleft()
+        if len(self._in_flight) > 64:  # something is stuck: do not grow without bound
+            self._in_flight.popleft().wait()
+
     def epoch(self, label: str | None = None) -> None:
         """Marks an epoch boundary before the next step."""
-        if self._closed:
+        if self._closed or not self.sounding:
             return
         self._epochs += 1
         self._put(("marker", self._steps, label or f"epoch {self._epochs}"))
 
     def marker(self, text: str) -> None:
         """A free text marker (for example 'lr warm-up done') before the next step."""
-        if not self._closed:
+        if not self._closed and self.sounding:
             self._put(("marker", self._steps, str(text)))
 
     def _put(self, item) -> None:
@@ -214,6 +262,13 @@ class Sonifier:
     # -- closing --------------------------------------------------------------------
     def close(self) -> None:
         """Finishes the score: every note closed, every sink flushed. Safe to call twice."""
+        if self._sync_watch is not None:
+            self._sync_watch.close()
+        if not self.sounding:
+            self._closed = True
+            while self._in_flight:
+                self._in_flight.popleft().wait()
+            return
         with self._close_lock:
             if self._closed:
                 return
@@ -231,8 +286,9 @@ class Sonifier:
             self._render_audio()
 
     @staticmethod
-    def _check_audio(audio, path, soundfont):
-        """Refuses a bad audio= at once; a missing FluidSynth only warns: the .mid is still written."""
+    def _check_audio(audio, path, soundfont, sounding=True):
+        """Refuses a bad audio= at once (on every rank alike); a missing FluidSynth only warns:
+        the .mid is still written."""
         if audio is None:
             return None
         if path is None:
@@ -243,6 +299,8 @@ class Sonifier:
         if Path(audio).suffix.lower() not in FORMATS:
             raise GradmidiError(f"{audio}: unknown audio format; use .wav, .flac or .ogg")
         resolve_soundfont(soundfont)
+        if not sounding:
+            return None
         problem = fluidsynth_available()
         if problem:
             warnings.warn(f"gradmidi: {audio} will not be rendered: {problem}", RuntimeWarning, stacklevel=3)
