@@ -47,10 +47,11 @@ def layer_class_name(module: torch.nn.Module) -> str:
 class GradientSyncWatch:
     """Tells whether the gradients that ``step()`` is about to read were synchronised.
 
-    DDP: a forward pre-hook on the inner module records, for each forward with grad enabled,
-    whether the DDP wrapper running it will all-reduce the gradients (False inside
-    ``no_sync()``). It works whether the model was wrapped before or after the Sonifier was made.
-    FSDP2: the modules' own ``reduce_grads`` flag, read when the step comes.
+    A forward pre-hook on the inner module records, for each forward with grad enabled, whether
+    the gradients will be reduced: DDP's ``require_backward_grad_sync`` of the wrapper running
+    it (False inside ``no_sync()``; found whether the model was wrapped before or after the
+    Sonifier was made), and FSDP2's ``reduce_grads`` flags. Deciding at the forward, as DDP
+    does, lets ``step()`` come after the no-sync context has been left.
     """
 
     def __init__(self, model: torch.nn.Module) -> None:
@@ -65,12 +66,15 @@ class GradientSyncWatch:
     def _on_forward(self, module, args) -> None:
         if torch.is_grad_enabled():  # an evaluation forward under no_grad changes nothing
             ddp = self._active_ddp()
-            self._last_forward_syncs = ddp is None or bool(ddp.require_backward_grad_sync)
+            self._last_forward_syncs = (ddp is None or bool(ddp.require_backward_grad_sync)) and self._fsdp_syncs()
 
     def synced(self) -> bool:
-        if not self._last_forward_syncs:
-            return False
-        if self._fsdp_groups is None:
+        """False when the last training forward ran without gradient sync, or FSDP2's sync is off now
+        (so a step called after the no-sync context has been left is still recognised)."""
+        return self._last_forward_syncs and self._fsdp_syncs()
+
+    def _fsdp_syncs(self) -> bool:
+        if self._fsdp_groups is None:  # found at first use: the model may be sharded after the Sonifier is made
             self._fsdp_groups = _fsdp_param_groups(self._model)
         return all(group.reduce_grads for group in self._fsdp_groups)
 
