@@ -55,6 +55,9 @@ class Sonifier:
     before gradient clipping and ``optimizer.step()``. Mapping options (``scale``, ``key``,
     ``low_note``, ``high_note``, ``norm_range``, ``velocity``, ``adaptive``) and clock options
     (``bpm``, ``every``, ``arpeggio``, ``gate``) may be given as keyword arguments.
+
+    Under torch.distributed (make it after ``init_process_group``), only global rank 0 sounds
+    unless ``rank_zero_only=False``; ``step()`` must still be called on every rank.
     """
 
     def __init__(
