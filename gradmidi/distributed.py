@@ -6,6 +6,8 @@ FSDP2's sharded gradients are reduced in capture.py; this module only decides wh
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from .errors import GradmidiError
@@ -57,7 +59,8 @@ class GradientSyncWatch:
     def __init__(self, model: torch.nn.Module) -> None:
         from torch.nn.parallel import DistributedDataParallel
 
-        self._active_ddp = DistributedDataParallel._get_active_ddp_module
+        # torch's own record of the DDP wrapper whose forward is running (set around the inner call)
+        self._active_ddp = getattr(DistributedDataParallel, "_get_active_ddp_module", lambda: None)
         self._last_forward_syncs = True
         self._handle = model.register_forward_pre_hook(self._on_forward)
         self._model = model
@@ -83,10 +86,17 @@ class GradientSyncWatch:
 
 
 def _fsdp_param_groups(model: torch.nn.Module) -> list:
+    """FSDP2's parameter groups (each has ``reduce_grads``); torch keeps them private, so a torch
+    that moved them gets a warning and every step counts as synchronised, never an exception."""
     from torch.distributed.fsdp import FSDPModule
 
     groups = []
-    for module in model.modules():
-        if isinstance(module, FSDPModule):
-            groups += module._get_fsdp_state()._fsdp_param_groups
+    try:
+        for module in model.modules():
+            if isinstance(module, FSDPModule):
+                groups += module._get_fsdp_state()._fsdp_param_groups
+    except AttributeError as exc:
+        warnings.warn(f"gradmidi: cannot see FSDP2's gradient-sync flag ({exc}); "
+                      "no-sync micro-steps will be sounded", RuntimeWarning, stacklevel=2)
+        return []
     return groups
