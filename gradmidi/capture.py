@@ -44,6 +44,11 @@ class PendingNorms:
 
     __slots__ = ("_parts", "_present", "_n", "_loss")
 
+    def set_loss(self, loss: float | None) -> None:
+        """Gives a loss known only after capture (a Trainer's logs); a device loss given at launch wins."""
+        if not isinstance(self._loss, str):
+            self._loss = None if loss is None else float(loss)
+
     def __init__(self, parts, present: np.ndarray, n_layers: int, loss) -> None:
         self._parts = parts  # [(host tensor, event or None, has_loss)]
         self._present = present
@@ -77,12 +82,15 @@ class NormCapture:
         self._owner = np.array([i for i, layer in enumerate(layers) for _ in layer.params], dtype=np.int64)
         self._plans: dict[tuple[int, ...], list] = {}
 
-    def launch(self, loss: torch.Tensor | float | None = None) -> PendingNorms:
-        """Queue this step's norm kernels and host copies; returns at once."""
+    def launch(self, loss: torch.Tensor | float | None = None, only: set[int] | None = None) -> PendingNorms:
+        """Queue this step's norm kernels and host copies; returns at once.
+
+        ``only``: ids of the parameters to include (one optimizer's), the rest count as absent.
+        """
         grads, positions = [], []
         for i, p in enumerate(self._params):
             g = p.grad
-            if g is not None:
+            if g is not None and (only is None or id(p) in only):
                 grads.append(g)
                 positions.append(i)
         key = tuple(positions)
