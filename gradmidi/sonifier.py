@@ -110,6 +110,8 @@ class Sonifier:
         self.layers = layers
         self._capture = NormCapture(layers)
         self._builder = ScoreBuilder(self.header, assignment, aggregate=aggregate, spikes=spikes)
+        # aggregate="last" sounds a slot's last step only, so the others need not be captured at all.
+        self._sample_every = clock.every if aggregate == "last" else 1
         file_sinks = [MidiFileSink(path, flush_interval, epoch_downbeat)] if path is not None else []
         live_sinks = _live_sinks(live, midi_api, soundfont, live_latency)  # opens ports: after the checks
         # Live sinks first: a slot reaches the port before the file writer spends time on it.
@@ -148,9 +150,13 @@ class Sonifier:
         """Captures this step's norms now, to be sounded by ``.sound(loss)`` once the loss is known.
 
         For loops that learn the loss only after the optimizer step (a Trainer's logs). Sound
-        captured steps in the order they were captured. None once the Sonifier is closed.
+        captured steps in the order they were captured. None once the Sonifier is closed, and
+        for the steps that ``aggregate="last"`` does not look at.
         """
         if self._closed:
+            return None
+        if self._sample_every > 1 and self._steps % self._sample_every != self._sample_every - 1:
+            self._steps += 1
             return None
         scaling = bool(scaler is not None and scaler.is_enabled())
         only = _param_ids(optimizer) if optimizer is not None else None
