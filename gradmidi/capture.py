@@ -51,6 +51,11 @@ class PendingNorms:
 
     __slots__ = ("_parts", "_present", "_n", "_loss", "_reduced")
 
+    def set_loss(self, loss: float | None) -> None:
+        """Gives a loss known only after capture (a Trainer's logs); a device loss given at launch wins."""
+        if not isinstance(self._loss, str):
+            self._loss = None if loss is None else float(loss)
+
     def __init__(self, parts, present: np.ndarray, n_layers: int, loss, reduced=None) -> None:
         self._parts = parts  # [(host tensor, event or None, has_loss)]
         self._present = present
@@ -105,12 +110,15 @@ class NormCapture:
         """Whether each step runs an all-reduce (sharded parameters): every rank must launch."""
         return self._sharding is not None
 
-    def launch(self, loss: torch.Tensor | float | None = None) -> PendingNorms:
-        """Queue this step's norm kernels and host copies; returns at once."""
+    def launch(self, loss: torch.Tensor | float | None = None, only: set[int] | None = None) -> PendingNorms:
+        """Queue this step's norm kernels and host copies; returns at once.
+
+        ``only``: ids of the parameters to include (one optimizer's), the rest count as absent.
+        """
         grads, positions = [], []
         for i, p in enumerate(self._params):
             g = p.grad
-            if g is not None:
+            if g is not None and (only is None or id(p) in only):
                 grads.append(g)
                 positions.append(i)
         key = tuple(positions)

@@ -12,7 +12,7 @@ from .errors import GradmidiError
 from .mapping import PitchMapper
 from .score import Event, ScoreHeader, Slot
 
-AGGREGATES = ("max", "rms")
+AGGREGATES = ("max", "rms", "last")
 
 
 class ScoreBuilder:
@@ -118,12 +118,17 @@ class ScoreBuilder:
 
 
 def _aggregate(rows: np.ndarray, present: np.ndarray, how: str) -> np.ndarray:
-    """Per voice over a slot's steps: max or rms of the steps with a gradient.
+    """Per voice over a slot's steps: max, rms or last of the steps with a gradient.
 
     A NaN step makes the slot NaN and an Inf step makes it Inf: an alarm is never averaged away.
     """
     if rows.shape[0] == 1:
         return rows[0].copy()
+    if how == "last":  # live runs capture only the last step; replayed logs may hold them all
+        last = present.shape[0] - 1 - np.argmax(present[::-1], axis=0)
+        out = rows[last, np.arange(rows.shape[1])]
+        out[~present.any(axis=0)] = np.nan
+        return out
     values = np.where(present, rows, 0.0)
     with np.errstate(invalid="ignore", over="ignore"):
         if how == "max":

@@ -124,6 +124,8 @@ class Sonifier:
         self.layers = layers
         self._capture = NormCapture(layers)
         self._builder = ScoreBuilder(self.header, assignment, aggregate=aggregate, spikes=spikes)
+        # aggregate="last" sounds a slot's last step only, so the others need not be captured at all.
+        self._sample_every = clock.every if aggregate == "last" else 1
         # Distributed: skip steps whose gradients were not synchronised (gradient accumulation).
         self._sync_watch = GradientSyncWatch(model) if world > 1 else None
         self._rebind_params = world > 1
@@ -155,26 +157,47 @@ class Sonifier:
         _install_exit_hooks(self)
 
     # -- training thread ------------------------------------------------------------
-    def step(self, loss=None, scaler=None) -> None:
-        """Sounds this step's gradients. Never blocks and never raises on NaN/Inf."""
+    def step(self, loss=None, scaler=None, optimizer=None) -> None:
+        """Sounds this step's gradients. Never blocks and never raises on NaN/Inf.
+
+        ``optimizer``: with several optimizers (a GAN), pass the one about to step: only the
+        layers it updates sound in this slot, and each optimizer step is a slot of its own.
+        """
+        captured = self.capture(scaler, optimizer, loss)
+        if captured is not None:
+            captured.sound()
+
+    def capture(self, scaler=None, optimizer=None, loss=None) -> CapturedStep | None:
+        """Captures this step's norms now, to be sounded by ``.sound(loss)`` once the loss is known.
+
+        For loops that learn the loss only after the optimizer step (a Trainer's logs). Sound
+        captured steps in the order they were captured. None once the Sonifier is closed, for
+        the steps that ``aggregate="last"`` does not look at, for unsynchronised micro-steps,
+        and on the ranks that do not sound (call it on every rank all the same).
+        """
         if self._closed:
-            return
+            return None
         if self._sync_watch is not None:
             if not self._sync_watch.synced():  # a no_sync() micro-step: its gradients are partial
                 self.unsynced_steps += 1
-                return
+                return None
             if self._rebind_params:
                 self._rebind_params = False
                 self._rebind_if_rewrapped()
+        if self._sample_every > 1 and self._steps % self._sample_every != self._sample_every - 1:
+            self._steps += 1
+            return None
+        only = _param_ids(optimizer) if optimizer is not None else None
         if not self.sounding:
             if self._capture.reduces:  # FSDP2: this rank's part of the step's one all-reduce
-                self._keep_in_flight(self._capture.launch())
+                self._keep_in_flight(self._capture.launch(None, only))
             self._steps += 1
-            return
+            return None
         scaling = bool(scaler is not None and scaler.is_enabled())
-        pending = self._capture.launch(loss)
-        self._put(("step", self._steps, pending, scaling))
+        pending = self._capture.launch(loss, only)
+        step = self._steps
         self._steps += 1
+        return CapturedStep(self, step, pending, scaling)
 
     def _rebind_if_rewrapped(self) -> None:
         """fully_shard replaces a module's parameters: if the model was sharded after the
@@ -328,6 +351,29 @@ class Sonifier:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class CapturedStep:
+    """One step's norms on their way to the host; ``sound`` queues it for the score."""
+
+    __slots__ = ("_son", "_step", "_pending", "_scaling", "_sounded")
+
+    def __init__(self, son: Sonifier, step: int, pending, scaling: bool) -> None:
+        self._son, self._step, self._pending, self._scaling = son, step, pending, scaling
+        self._sounded = False
+
+    def sound(self, loss: float | None = None) -> None:
+        """Queues the step, with a host ``loss`` if one is given (and none was at capture)."""
+        if self._sounded or self._son._closed:
+            return
+        self._sounded = True
+        if loss is not None:
+            self._pending.set_loss(loss)
+        self._son._put(("step", self._step, self._pending, self._scaling))
+
+
+def _param_ids(optimizer) -> set[int]:
+    return {id(p) for group in optimizer.param_groups for p in group["params"]}
 
 
 def _live_sinks(live, api, soundfont, latency) -> list[Sink]:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+import gradmidi
 from gradmidi.clock import Clock
-from gradmidi.mapping import Mapping
+from gradmidi.mapping import Mapping, half_step_log
 from gradmidi.pipeline import ScoreBuilder
 from gradmidi.score import ScoreHeader
 from gradmidi.sinks.midifile import MidiFileSink
@@ -36,3 +38,15 @@ def make_score(
         sink.emit(slot)
     sink.close()
     return path
+
+
+def assert_decodes_to(score_path, logged: dict[tuple[int, str], float]) -> None:
+    score = gradmidi.read_score(score_path)
+    decoded = {(step, name): norm for step, name, norm in score.decode()}
+    finite = {k: v for k, v in logged.items() if math.isfinite(v)}
+    assert set(decoded) == set(finite)
+    for key, value in finite.items():
+        pitch = min(score.notes[[v.name for v in score.header.voices].index(key[1])],
+                    key=lambda n: abs(score.step_of(n[0]) - key[0]))[1]
+        tolerance = half_step_log(pitch, score.header.mapping, score.log_range_at(0))
+        assert abs(math.log10(decoded[key]) - math.log10(value)) <= tolerance + 1e-9, key

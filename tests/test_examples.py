@@ -69,6 +69,26 @@ def test_voices_and_scales_example_uses_the_chosen_voices_instruments_and_scale(
     assert all(p % 12 in eb_major for notes in score.notes.values() for _, p, _ in notes)
 
 
+def test_lightning_example_sounds_its_optimizer_steps_and_leaves_logs_to_replay(tmp_path):
+    out = run_example("lightning_digits.py", tmp_path / "digits.mid", "--epochs", "1", "--logs", str(tmp_path / "runs"))
+    assert "29 optimizer steps" in out  # 57 batches, 2 per optimizer step (the last one alone)
+    assert gradmidi.read_score(tmp_path / "digits.mid").summary()["steps"] == 29
+    replay = subprocess.run([sys.executable, "-m", "gradmidi", "sonify", str(tmp_path / "runs"), "-o",
+                             str(tmp_path / "replay.mid")], capture_output=True, text=True, timeout=120)
+    assert replay.returncode == 0, replay.stderr
+    names = [v["name"] for v in gradmidi.read_score(tmp_path / "replay.mid").summary()["voices"]]
+    assert "grad_2.0_norm/net.0.weight" in names and "grad_2.0_norm_total" in names
+
+
+def test_transformers_example_groups_gpt2_into_its_four_voices(tmp_path):
+    out = run_example("transformers_tiny.py", tmp_path / "gpt2.mid", "--steps", "8")
+    assert "8 optimizer steps" in out
+    summary = gradmidi.read_score(tmp_path / "gpt2.mid").summary()
+    assert summary["steps"] == 8
+    assert [v["name"] for v in summary["voices"]] == ["transformer.wte", "transformer.wpe", "transformer.h.*",
+                                                      "transformer.ln_f"]
+
+
 def test_ddp_torchrun_example_sounds_rank_zero_and_skips_unsynced_micro_steps(tmp_path):
     out = tmp_path / "ddp.mid"
     env = {**os.environ, "PYTHONPATH": str(EXAMPLES.parent), "OMP_NUM_THREADS": "1"}

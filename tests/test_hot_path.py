@@ -63,3 +63,21 @@ def test_one_fused_norm_per_dtype_group():
             son.step()
     assert recorder.ops["_foreach_norm"] == 3
     assert "_local_scalar_dense" not in recorder.ops
+
+
+def test_aggregate_last_captures_one_step_in_every_and_sounds_it(tmp_path):
+    model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8))
+    recorder = OpRecorder()
+    with gradmidi.Sonifier(model, tmp_path / "last.mid", every=4, aggregate="last") as son:
+        for step in range(12):
+            for p in model.parameters():
+                p.grad = torch.full_like(p, 10.0 ** (step / 4 - 2))  # a different norm every step
+            with recorder:
+                son.step()
+    assert recorder.ops["_foreach_norm"] == 3  # steps 3, 7 and 11 only: a quarter of the cost
+    score = gradmidi.read_score(tmp_path / "last.mid")
+    sounded = [norm for _, name, norm in score.decode() if name == "0"]
+    expected = [float(torch.full((8 * 8 + 8,), 10.0 ** (s / 4 - 2)).norm()) for s in (3, 7, 11)]
+    assert len(sounded) == 3
+    for heard, value in zip(sounded, expected):  # within half a scale step (at most 0.15 decades)
+        assert abs(torch.tensor(heard / value).log10()) <= 0.15

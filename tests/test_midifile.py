@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import mido
 import numpy as np
 import pretty_midi
@@ -320,3 +322,16 @@ def test_adaptive_range_changes_are_recorded_and_decode_stays_within_half_a_step
             assert abs(math.log10(norm) - math.log10(truth)) <= half_step_log(pitch, mapping, lr) + 1e-9
             checked += 1
     assert checked >= 100
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([0, 1, 96, 127, 128, 16383, 16384, 2**21 - 1, 2**21, 2**28 - 1, 2**28]),
+                          st.tuples(*[st.integers(0, 255)] * 3)), min_size=1, max_size=40),
+       st.integers(0, 1000))
+def test_vectorised_track_encoding_equals_event_by_event_encoding(events, last_tick):
+    from gradmidi.smf import encode_block, vlq
+
+    deltas = np.array([d for d, _ in events], dtype=np.int64)
+    data = np.array([e for _, e in events], dtype=np.uint8)
+    expected = b"".join(vlq(int(d)) + bytes(e) for d, e in zip(deltas, data))
+    assert encode_block(last_tick + np.cumsum(deltas), data, last_tick) == expected

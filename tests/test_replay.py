@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import gradmidi
-from gradmidi.mapping import half_step_log
+from scorekit import assert_decodes_to
 
 RNG = np.random.default_rng(0)
 
@@ -19,18 +19,6 @@ RNG = np.random.default_rng(0)
 def sonify(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "gradmidi", "sonify", *args], capture_output=True, text=True,
                           stdin=subprocess.DEVNULL, timeout=120)
-
-
-def assert_decodes_to(score_path, logged: dict[tuple[int, str], float]) -> None:
-    score = gradmidi.read_score(score_path)
-    decoded = {(step, name): norm for step, name, norm in score.decode()}
-    finite = {k: v for k, v in logged.items() if math.isfinite(v)}
-    assert set(decoded) == set(finite)
-    for key, value in finite.items():
-        pitch = min(score.notes[[v.name for v in score.header.voices].index(key[1])],
-                    key=lambda n: abs(score.step_of(n[0]) - key[0]))[1]
-        tolerance = half_step_log(pitch, score.header.mapping, score.log_range_at(0))
-        assert abs(math.log10(decoded[key]) - math.log10(value)) <= tolerance + 1e-9, key
 
 
 def test_tensorboard_log_from_summarywriter_replays_to_the_logged_norms(tmp_path):

@@ -6,6 +6,10 @@ track on channel 10. Every ``flush_interval`` seconds the whole file is rewritte
 temporary name and atomically renamed over the target, so a crash at any moment leaves
 the last complete version. Notes are written as on/off pairs, so every version has every
 note closed.
+
+Notes are kept per slot as the slot's pitch and velocity arrays and encoded in numpy, a
+few thousand slots at a time: the per-note Python of a naive writer would cap it at a few
+hundred thousand notes a second.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+
+import numpy as np
 
 from ..errors import GradmidiError
 from ..instruments import DRUM_CHANNEL, DRUM_KEYS
@@ -22,6 +28,8 @@ from .base import Sink
 
 DRUM_VELOCITY = 110
 EPOCH_VELOCITY = 45
+BLOCK_SLOTS = 4096  # slots of notes held before they are encoded into the track spools
+FLUSH_SHARE = 0.02  # a flush may take at most this share of the time between flushes
 
 
 class MidiFileSink(Sink):
@@ -40,7 +48,11 @@ class MidiFileSink(Sink):
         self._tracks: list[TrackSpool] = []
         self._dirty = False
         self._last_flush = 0.0
+        self._flush_seconds = 0.0
         self._end_tick = 0
+        self._starts: list[int] = []
+        self._pitches: list[np.ndarray] = []
+        self._velocities: list[np.ndarray] = []
 
     def open(self, header: ScoreHeader) -> None:
         self.header = header
@@ -60,15 +72,31 @@ class MidiFileSink(Sink):
         drums = TrackSpool()
         drums.add(0, text_meta(0x03, "events"))
         self._tracks.append(drums)
+        spans = [self.clock.note_span(v.index, len(header.voices)) for v in header.voices]
+        self._offsets = np.array([offset for offset, _ in spans], dtype=np.int64)
+        self._lengths = np.array([length for _, length in spans], dtype=np.int64)
+        self._n_voices = len(header.voices)
+        self._slot_ticks = self.clock.slot_ticks
+        self._drum_length = self.clock.note_span(0, 1)[1]
         self._dirty = True
         self._last_flush = time.monotonic()
         self.flush()
 
     def emit(self, slot: Slot) -> None:
-        clock, voices = self.clock, self.header.voices
-        start = clock.tick_of(slot.index)
+        start = slot.index * self._slot_ticks
         if slot.steps:  # a slot holding only markers (an epoch after the last step) adds no time
-            self._end_tick = clock.tick_of(slot.index + 1)
+            self._end_tick = start + self._slot_ticks
+        if self._n_voices:
+            self._starts.append(start)
+            self._pitches.append(slot.pitches)
+            self._velocities.append(slot.velocities)
+            if len(self._starts) >= BLOCK_SLOTS:
+                self._encode_notes()
+        if slot.events or slot.markers or slot.log_range is not None:
+            self._emit_conductor_and_drums(slot, start)
+        self._dirty = True
+
+    def _emit_conductor_and_drums(self, slot: Slot, start: int) -> None:
         conductor, drums = self._tracks[0], self._tracks[-1]
         if slot.log_range is not None:
             conductor.add(start, json_meta(RANGE_TAG, {"slot": slot.index, "log_range": list(slot.log_range)}))
@@ -76,14 +104,6 @@ class MidiFileSink(Sink):
             conductor.add(start, text_meta(0x06, text))
         for event in slot.events:
             conductor.add(start, text_meta(0x06, event.label()))
-        for v in voices:
-            pitch = int(slot.pitches[v.index])
-            if pitch < 0:
-                continue
-            offset, length = clock.note_span(v.index, len(voices))
-            track = self._tracks[1 + v.index]
-            track.add(start + offset, bytes([0x90 | v.channel, pitch, int(slot.velocities[v.index])]))
-            track.add(start + offset + length, bytes([0x80 | v.channel, pitch, 0]))
         keys = []
         for event in slot.events:
             if DRUM_KEYS[event.kind] not in keys:
@@ -92,22 +112,47 @@ class MidiFileSink(Sink):
         if self.epoch_downbeat and any(m.startswith("epoch") for m in slot.markers):
             keys.append(DRUM_KEYS["epoch"])
             velocities.append(EPOCH_VELOCITY)
-        _, length = clock.note_span(0, 1)
         for key, velocity in zip(keys, velocities):
             drums.add(start, bytes([0x90 | DRUM_CHANNEL, key, velocity]))
         for key in keys:
-            drums.add(start + length, bytes([0x80 | DRUM_CHANNEL, key, 0]))
-        self._dirty = True
+            drums.add(start + self._drum_length, bytes([0x80 | DRUM_CHANNEL, key, 0]))
+
+    def _encode_notes(self) -> None:
+        """The held slots' notes into their voice tracks: per voice, on/off pairs in tick order."""
+        if not self._starts:
+            return
+        starts = np.asarray(self._starts, dtype=np.int64)
+        n_voices = len(self.header.voices)
+        pitches = np.concatenate(self._pitches).reshape(-1, n_voices)  # far cheaper than vstack
+        velocities = np.concatenate(self._velocities).reshape(-1, n_voices)
+        self._starts, self._pitches, self._velocities = [], [], []
+        for v in self.header.voices:
+            sounding = pitches[:, v.index] >= 0
+            n = int(np.count_nonzero(sounding))
+            if not n:
+                continue
+            on = starts[sounding] + self._offsets[v.index]
+            ticks = np.empty(2 * n, dtype=np.int64)
+            ticks[0::2], ticks[1::2] = on, on + self._lengths[v.index]
+            events = np.empty((2 * n, 3), dtype=np.uint8)
+            events[0::2, 0], events[1::2, 0] = 0x90 | v.channel, 0x80 | v.channel
+            events[0::2, 1] = events[1::2, 1] = pitches[sounding, v.index]
+            events[0::2, 2], events[1::2, 2] = velocities[sounding, v.index], 0
+            self._tracks[1 + v.index].add_block(ticks, events)
 
     def tick(self) -> None:
-        if time.monotonic() - self._last_flush >= self.flush_interval:
+        # A huge score's rewrite takes a while: space flushes out so they stay a small share of the time.
+        interval = max(self.flush_interval, self._flush_seconds / FLUSH_SHARE)
+        if time.monotonic() - self._last_flush >= interval:
             self.flush()
 
     def flush(self) -> None:
         """Write the whole score to a temporary file and rename it over the target."""
-        self._last_flush = time.monotonic()
+        began = time.monotonic()
+        self._last_flush = began
         if not self._dirty:
             return
+        self._encode_notes()
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
             with open(tmp, "wb") as out:
@@ -117,6 +162,7 @@ class MidiFileSink(Sink):
             if tmp.exists():
                 tmp.unlink()
         self._dirty = False
+        self._flush_seconds = time.monotonic() - began
 
     def close(self) -> None:
         if not self._tracks:

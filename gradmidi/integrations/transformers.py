@@ -1,0 +1,66 @@
+"""Hugging Face Transformers: ``Trainer(..., callbacks=[SonifyCallback("run.mid")])``.
+
+The norms are taken in ``on_pre_optimizer_step``, once per optimizer step (after gradient
+accumulation). The Trainer clips before that hook: with ``max_grad_norm`` set (it is 1.0 by
+default) you hear clipped gradients, whose total norm never exceeds it. To hear the raw
+norms, set ``max_grad_norm=0`` and clip in your own way, or accept that the sound shows the
+shape of the gradients with explosions flattened. The loss comes from the Trainer's logs:
+with ``logging_steps=1`` every step has its loss; otherwise the logged mean is given to the
+step at which it is logged.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ..sonifier import CapturedStep, Sonifier
+from ._common import options_for_rank, require
+
+transformers = require("transformers", "transformers")
+
+
+class SonifyCallback(transformers.TrainerCallback):
+    """Sonifies a Trainer run; ``path`` defaults to ``gradmidi.mid`` in ``output_dir``.
+
+    Every ``Sonifier`` option may be given. Only the world's process zero writes, plays or serves.
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None, **sonifier_options: Any) -> None:
+        self.path = path
+        self.options = sonifier_options
+        self.sonifier: Sonifier | None = None
+        self._held: CapturedStep | None = None
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs) -> None:
+        options = options_for_rank(self.options, self.path, state.is_world_process_zero, args.output_dir)
+        self.sonifier = Sonifier(model, options.pop("path"), title=type(model).__name__, **options)
+
+    def on_epoch_begin(self, args, state, control, **kwargs) -> None:
+        if self.sonifier is not None:
+            self._release()
+            self.sonifier.epoch(f"epoch {round(state.epoch or 0) + 1}")
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs) -> None:
+        if self.sonifier is not None:
+            self._release()
+            self._held = self.sonifier.capture()
+
+    def on_step_end(self, args, state, control, **kwargs) -> None:
+        # When the Trainer is about to log, the loss comes in on_log; otherwise it never will.
+        if not control.should_log:
+            self._release()
+
+    def on_log(self, args, state, control, logs=None, **kwargs) -> None:
+        loss = (logs or {}).get("loss")
+        self._release(loss if isinstance(loss, (int, float)) else None)
+
+    def on_train_end(self, args, state, control, **kwargs) -> None:
+        if self.sonifier is not None:
+            self._release()
+            self.sonifier.close()
+
+    def _release(self, loss: float | None = None) -> None:
+        if self._held is not None:
+            self._held.sound(loss)
+            self._held = None

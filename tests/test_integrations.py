@@ -1,0 +1,269 @@
+"""Real Lightning and real Transformers training on the CPU, sonified by the callbacks.
+
+A recording sink (passed through the callbacks' Sonifier options) sees every slot's exact
+norms and loss; the .mid file is read back for what a user would see.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import gradmidi
+from scorekit import assert_decodes_to
+from gradmidi.sinks.base import Sink
+
+L = pytest.importorskip("lightning.pytorch")
+from gradmidi.integrations.lightning import SonifyCallback as LightningSonify  # noqa: E402
+
+
+class Recorder(Sink):
+    def __init__(self) -> None:
+        self.slots = []
+
+    def emit(self, slot) -> None:
+        self.slots.append(slot)
+
+
+def loader(n=64, batch=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(n, 12, generator=g), torch.randint(0, 3, (n,), generator=g)
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=batch)
+
+
+def layer_norms(*modules) -> list[float]:
+    return [float(torch.linalg.vector_norm(torch.cat([p.grad.float().flatten() for p in m.parameters()])))
+            for m in modules]
+
+
+class Classifier(L.LightningModule):
+    """Two linear layers; records what the module itself sees in its own hooks."""
+
+    def __init__(self, lr: float = 0.5) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(12, 16), nn.Tanh(), nn.Linear(16, 3))
+        self.lr = lr
+        self.micro_losses, self.seen = [], []
+
+    def training_step(self, batch, index):
+        x, y = batch
+        loss = F.cross_entropy(self.net(x), y)
+        self.micro_losses.append(float(loss.detach()))
+        return loss
+
+    def on_before_optimizer_step(self, optimizer):
+        # Lightning calls this right after the callbacks' hook: the same gradients, unclipped.
+        self.seen.append(layer_norms(self.net[0], self.net[2]))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+def trainer(tmp_path, callback, **options):
+    torch.manual_seed(0)
+    return L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                     enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                     callbacks=[callback], **options)
+
+
+def test_lightning_sounds_one_slot_per_optimizer_step_with_the_unclipped_norms(tmp_path):
+    recorder = Recorder()
+    callback = LightningSonify(tmp_path / "run.mid", sinks=[recorder])
+    module = Classifier()
+    fit = trainer(tmp_path, callback, max_epochs=2, accumulate_grad_batches=2, gradient_clip_val=0.01)
+    fit.fit(module, loader())
+    assert fit.global_step == 8  # 8 batches an epoch, 2 per optimizer step, 2 epochs
+    summary = gradmidi.read_score(tmp_path / "run.mid").summary()
+    assert summary["steps"] == len(recorder.slots) == 8
+    assert [v["name"] for v in summary["voices"]] == ["net.0", "net.2"]
+    assert [text for _, text in summary["markers"]] == ["epoch 0", "epoch 1"]
+    heard = np.array([slot.norms for slot in recorder.slots])
+    np.testing.assert_allclose(heard, np.array(module.seen), rtol=1e-6)
+    assert heard.max() > 0.01  # the norms before Lightning clipped them to 0.01
+    step_losses = np.mean(np.reshape(module.micro_losses, (8, 2)), axis=1)  # mean over the accumulated batches
+    np.testing.assert_allclose([slot.loss for slot in recorder.slots], step_losses, rtol=1e-5)
+
+
+def test_lightning_default_path_is_the_log_folder(tmp_path):
+    fit = trainer(tmp_path, LightningSonify(), max_steps=3)
+    fit.fit(Classifier(), loader())
+    assert gradmidi.read_score(tmp_path / "gradmidi.mid").summary()["steps"] == 3
+
+
+def test_lightning_bf16_mixed(tmp_path):
+    recorder = Recorder()
+    fit = trainer(tmp_path, LightningSonify(tmp_path / "bf16.mid", sinks=[recorder]),
+                  max_steps=4, precision="bf16-mixed")
+    module = Classifier()
+    fit.fit(module, loader())
+    assert len(recorder.slots) == 4 and np.all(np.isfinite([s.norms for s in recorder.slots]))
+    np.testing.assert_allclose([s.norms for s in recorder.slots], module.seen, rtol=1e-6)
+
+
+def test_lightning_16_mixed_hears_skipped_steps_and_the_unscaled_loss(tmp_path):
+    # Lightning swaps 16-mixed for bf16 on a CPU accelerator, so the plugin is given explicitly,
+    # with a CPU GradScaler; its huge first scale overflows fp16 until it has backed off.
+    from lightning.pytorch.plugins import MixedPrecision
+
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40)
+    recorder = Recorder()
+    fit = trainer(tmp_path, LightningSonify(tmp_path / "fp16.mid", sinks=[recorder]), max_steps=40,
+                  max_epochs=5, plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)])
+    module = Classifier()
+    fit.fit(module, loader())
+    assert len(recorder.slots) == 40
+    summary = gradmidi.read_score(tmp_path / "fp16.mid").summary()
+    assert summary["events"]["skipped"] >= 1 and summary["first_event_step"]["skipped"] == 0
+    assert summary["events"]["nan"] == summary["events"]["inf"] == 0  # a skipped step is not also an alarm
+    np.testing.assert_allclose([s.loss for s in recorder.slots], module.micro_losses, rtol=1e-3)
+
+
+class TwoOptimizers(L.LightningModule):
+    """Manual optimization with two optimizers, each for one half, as in a GAN."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.left, self.right = nn.Linear(12, 3), nn.Linear(12, 3)
+
+    def training_step(self, batch, index):
+        x, y = batch
+        opt_left, opt_right = self.optimizers()
+        for opt, layer in ((opt_left, self.left), (opt_right, self.right)):
+            opt.zero_grad()
+            self.manual_backward(F.cross_entropy(layer(x), y))
+            opt.step()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.left.parameters(), lr=0.1), torch.optim.SGD(self.right.parameters(), lr=0.1)
+
+
+def test_lightning_with_two_optimizers_sounds_each_optimizer_step_with_its_own_layers(tmp_path):
+    recorder = Recorder()
+    fit = trainer(tmp_path, LightningSonify(tmp_path / "two.mid", sinks=[recorder]), max_epochs=1)
+    fit.fit(TwoOptimizers(), loader())
+    assert len(recorder.slots) == 16  # 8 batches, 2 optimizer steps each
+    present = np.isfinite([slot.norms for slot in recorder.slots])
+    assert present[0::2].tolist() == [[True, False]] * 8  # the left optimizer's steps: only `left`
+    assert present[1::2].tolist() == [[False, True]] * 8
+    summary = gradmidi.read_score(tmp_path / "two.mid").summary()
+    assert [v["notes"] for v in summary["voices"]] == [8, 8]
+
+
+class RankMark(Sink):
+    """Leaves a file named after the process's rank when it is opened (picklable for ddp_spawn)."""
+
+    def __init__(self, folder) -> None:
+        self.folder = folder
+
+    def open(self, header) -> None:
+        (self.folder / f"opened-by-rank-{torch.distributed.get_rank()}").touch()
+
+
+def test_lightning_ddp_only_global_rank_zero_writes(tmp_path):
+    fit = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=5, logger=False,
+                    enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                    default_root_dir=tmp_path, callbacks=[LightningSonify(sinks=[RankMark(tmp_path)])])
+    fit.fit(Classifier(), loader())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gradmidi.mid", "opened-by-rank-0"]
+    summary = gradmidi.read_score(tmp_path / "gradmidi.mid").summary()
+    assert summary["steps"] == 5 and [v["name"] for v in summary["voices"]] == ["net.0", "net.2"]
+
+
+class LogsGradNorms(Classifier):
+    def on_before_optimizer_step(self, optimizer):
+        from lightning.pytorch.utilities import grad_norm
+
+        norms = grad_norm(self, norm_type=2)
+        self.seen.append(norms)
+        self.log_dict(norms)
+
+
+def test_lightning_tensorboard_logger_grad_norms_replay_to_the_logged_values(tmp_path):
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    module = LogsGradNorms()
+    torch.manual_seed(0)
+    fit = L.Trainer(accelerator="cpu", max_steps=12, log_every_n_steps=1, enable_checkpointing=False,
+                    enable_progress_bar=False, enable_model_summary=False,
+                    logger=TensorBoardLogger(tmp_path, name="tb"))
+    fit.fit(module, loader(batch=4))
+    from click.testing import CliRunner
+
+    from gradmidi.cli import cli
+
+    result = CliRunner().invoke(cli, ["sonify", str(tmp_path / "tb"), "-o", str(tmp_path / "replay.mid")])
+    assert result.exit_code == 0, result.output
+    score = gradmidi.read_score(tmp_path / "replay.mid")
+    names = [v.name for v in score.header.voices]
+    assert names == list(module.seen[0])  # every parameter and the total, in Lightning's order
+    steps: dict[str, list[int]] = {}
+    for step, name, _ in score.decode():
+        steps.setdefault(name, []).append(step)
+    logged = {}
+    for name in names:
+        assert len(steps[name]) == len(module.seen) == 12
+        logged |= {(step, name): float(n[name]) for step, n in zip(steps[name], module.seen)}
+    assert_decodes_to(tmp_path / "replay.mid", logged)
+
+
+transformers = pytest.importorskip("transformers")
+
+
+def tiny_gpt2():
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=64, n_positions=16)
+    return transformers.GPT2LMHeadModel(config)  # randomly initialised: nothing is downloaded
+
+
+def token_data(n=48):
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 64, (n, 16), generator=g)
+    return [{"input_ids": row, "labels": row} for row in ids]
+
+
+def hf_train(tmp_path, callback, **args):
+    options = dict(output_dir=str(tmp_path / "out"), max_steps=6, per_device_train_batch_size=4,
+                   gradient_accumulation_steps=2, logging_steps=1, learning_rate=1e-2, report_to=[],
+                   save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0) | args
+    trainer = transformers.Trainer(model=tiny_gpt2(), args=transformers.TrainingArguments(**options),
+                                   train_dataset=token_data(), callbacks=[callback])
+    trainer.train()
+    return trainer
+
+
+def test_transformers_sounds_each_optimizer_step_with_the_logged_loss(tmp_path):
+    recorder = Recorder()
+    trainer = hf_train(tmp_path, _hf_callback(tmp_path / "hf.mid", sinks=[recorder]), max_grad_norm=0.0)
+    assert trainer.state.global_step == 6
+    summary = gradmidi.read_score(tmp_path / "hf.mid").summary()
+    assert summary["steps"] == len(recorder.slots) == 6
+    assert [v["name"] for v in summary["voices"]] == [
+        "transformer.wte", "transformer.wpe", "transformer.h.0.ln_1", "transformer.h.0.attn.c_attn",
+        "transformer.h.0.attn.c_proj", "transformer.h.0.ln_2", "transformer.h.0.mlp.c_fc",
+        "transformer.h.0.mlp.c_proj", "transformer.ln_f"]  # lm_head is tied to wte: counted once
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    np.testing.assert_allclose([s.loss for s in recorder.slots], [e["loss"] for e in logged], rtol=1e-6)
+    totals = [math.sqrt(np.sum(np.square(s.norms))) for s in recorder.slots]
+    np.testing.assert_allclose(totals, [e["grad_norm"] for e in logged], rtol=1e-4)  # the Trainer's own norm
+
+
+def test_transformers_hears_clipped_gradients_when_max_grad_norm_is_set(tmp_path):
+    recorder = Recorder()
+    hf_train(tmp_path, _hf_callback(tmp_path / "clipped.mid", sinks=[recorder]), max_grad_norm=0.05,
+             logging_steps=4)
+    totals = [math.sqrt(np.sum(np.square(s.norms))) for s in recorder.slots]
+    assert len(totals) == 6 and max(totals) <= 0.05 * 1.001
+    # Logged every 4 steps: only the logging step carries the (window's mean) loss.
+    assert [s.loss is not None for s in recorder.slots] == [False, False, False, True, False, False]
+
+
+def _hf_callback(path, **options):
+    from gradmidi.integrations.transformers import SonifyCallback
+
+    return SonifyCallback(path, **options)
