@@ -14,7 +14,9 @@ over that group are divided by its size first, so they count once. The sum keeps
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
+from itertools import repeat
 
 import numpy as np
 import torch
@@ -102,6 +104,10 @@ class NormCapture:
         self._params = [p for layer in layers for p in layer.params]
         self._owner = np.array([i for i, layer in enumerate(layers) for _ in layer.params], dtype=np.int64)
         self._plans: dict[tuple[int, ...], list] = {}
+        self._all = tuple(range(len(self._params)))
+        self._all_present = np.ones(len(layers), dtype=bool)
+        self._all_present[np.setdiff1d(np.arange(len(layers)), self._owner)] = False
+        self._all_present.flags.writeable = False  # shared by every full step's PendingNorms
         # FSDP2: (the sharding group, each parameter's weight: 1 if sharded over it, else 1/size)
         self._sharding = _sharding(self._params)
 
@@ -115,20 +121,22 @@ class NormCapture:
 
         ``only``: ids of the parameters to include (one optimizer's), the rest count as absent.
         """
-        grads, positions = [], []
-        for i, p in enumerate(self._params):
-            g = p.grad
-            if g is not None and (only is None or id(p) in only):
-                grads.append(g)
-                positions.append(i)
-        key = tuple(positions)
+        grads = [p.grad for p in self._params]
+        if only is None and not any(map(operator.is_, grads, repeat(None))):
+            key = positions = self._all  # the usual step: every parameter has a gradient
+            present = self._all_present
+        else:
+            positions = [i for i, (p, g) in enumerate(zip(self._params, grads))
+                         if g is not None and (only is None or id(p) in only)]
+            grads = [grads[i] for i in positions]
+            key = tuple(positions)
+            present = np.zeros(len(self.layers), dtype=bool)
+            present[self._owner[positions]] = True
         plan = self._plans.get(key)
         if plan is None:
             if len(self._plans) > 64:  # presence patterns churn (e.g. MoE): keep the cache small
                 self._plans.clear()
-            plan = self._plans[key] = self._plan(grads, positions)
-        present = np.zeros(len(self.layers), dtype=bool)
-        present[self._owner[positions]] = True
+            plan = self._plans[key] = self._plan(grads, list(positions))
 
         loss_tensor = loss.detach() if isinstance(loss, torch.Tensor) else None
         host_loss = float(loss) if loss is not None and loss_tensor is None else None
@@ -170,8 +178,13 @@ class NormCapture:
         """Per-layer sums of squared gradient norms on one device (plus ``extra`` spare slots)."""
         acc_dtype = _acc_dtype(device)
         totals = torch.zeros(len(self.layers) + extra, dtype=acc_dtype, device=device)
-        for idx, owners, local, weights in entries:
-            tensors = [grads[j]._local_tensor for j in idx] if local else [_dense(grads[j]) for j in idx]
+        for idx, owners, local, weights, sparse in entries:
+            if local:
+                tensors = [grads[j]._local_tensor for j in idx]
+            elif sparse:
+                tensors = [_dense(grads[j]) for j in idx]
+            else:  # the common case: no per-tensor Python beyond the gather
+                tensors = grads if len(idx) == len(grads) else [grads[j] for j in idx]
             norms = torch._foreach_norm(tensors, 2.0, dtype=torch.float32)
             squares = torch.stack(norms).to(acc_dtype).square_()
             if weights is not None:
@@ -191,11 +204,13 @@ class NormCapture:
             entries = []
             for (_, local), idx in by_kind.items():
                 params = [positions[j] for j in idx]
-                owners = torch.as_tensor(self._owner[params], device=device)
+                owners = _on_device(self._owner[params], device)
                 weights = None
                 if self._sharding is not None and (self._sharding[1][params] != 1.0).any():
-                    weights = torch.as_tensor(self._sharding[1][params], dtype=_acc_dtype(device), device=device)
-                entries.append((idx, owners, local, weights))
+                    weights = _on_device(self._sharding[1][params].astype(np.float32 if device.type == "mps"
+                                                                          else np.float64), device)
+                sparse = any(grads[j].is_sparse for j in idx)
+                entries.append((idx, owners, local, weights, sparse))
             plan.append((device, entries))
         return plan
 
@@ -239,6 +254,15 @@ def _sharding(params: list[torch.nn.Parameter]):
 
 def _acc_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
+
+
+def _on_device(values: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host array on ``device`` without a sync: through pinned memory on CUDA (a plain copy
+    from pageable memory would wait for the device)."""
+    host = torch.from_numpy(np.ascontiguousarray(values))
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
 
 
 def _dense(g: torch.Tensor) -> torch.Tensor:
