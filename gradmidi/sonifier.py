@@ -50,6 +50,9 @@ class Sonifier:
     before gradient clipping and ``optimizer.step()``. Mapping options (``scale``, ``key``,
     ``low_note``, ``high_note``, ``norm_range``, ``velocity``, ``adaptive``) and clock options
     (``bpm``, ``every``, ``arpeggio``, ``gate``) may be given as keyword arguments.
+
+    ``serve="127.0.0.1:7400"`` also streams the score to ``gradmidi listen`` (other addresses need
+    ``serve_public=True`` and then a token: ``serve_token=``, or one is generated and warned about).
     """
 
     def __init__(
