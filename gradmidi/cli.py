@@ -320,6 +320,43 @@ def play(file, port, synth, driver, soundfont, api, quiet) -> None:
 
 
 @cli.command()
+@click.argument("address", metavar="HOST:PORT")
+@click.option("--port", default=None, help="Output port name (or part of one).")
+@click.option("--synth", is_flag=True, help="Play through FluidSynth in this process.")
+@click.option("--driver", default=None, help="Audio driver for --synth (pulseaudio, pipewire, alsa, jack, ...).")
+@click.option("--soundfont", type=click.Path(path_type=Path), default=None, help="SoundFont for --synth.")
+@click.option("--api", default=None, help="MIDI API for --port (see 'gradmidi ports').")
+@click.option("--save", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also record what is heard as a score (a new run: FILE-2.mid, ...).")
+@click.option("--token", envvar="GRADMIDI_TOKEN", default=None,
+              help="The token a server bound beyond loopback printed at start (or $GRADMIDI_TOKEN).")
+@click.option("--latency", type=click.FloatRange(0.05, 10), default=0.5, show_default=True,
+              help="Most seconds of backlog played; more is merged (as live= does).")
+@click.option("-q", "--quiet", is_flag=True)
+def listen(address, port, synth, driver, soundfont, api, save, token, latency, quiet) -> None:
+    """Play a run served elsewhere (Sonifier(..., serve="HOST:PORT")) live; reconnects when it drops."""
+    from .listen import Listener
+    from .outputs import open_output
+
+    if port and synth:
+        raise GradmidiError("choose one of --port NAME or --synth")
+    spec = f"synth:{driver or ''}" if synth else (f"port:{port}" if port else None)
+
+    def say(text: str) -> None:
+        if not quiet:
+            click.echo(text, err=True)
+
+    listener = Listener(address, open_output=(lambda: open_output(spec, api, soundfont)) if spec else None,
+                        save=save, token=token, max_latency=latency, say=say)
+    try:
+        listener.run()
+    except KeyboardInterrupt:
+        say("stopped")
+    for path in listener.saved:
+        say(f"saved {path}")
+
+
+@cli.command()
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Image to write: .png, .svg or .pdf (default: FILE with .png).")

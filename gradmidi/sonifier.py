@@ -58,6 +58,9 @@ class Sonifier:
 
     Under torch.distributed (make it after ``init_process_group``), only global rank 0 sounds
     unless ``rank_zero_only=False``; ``step()`` must still be called on every rank.
+
+    ``serve="127.0.0.1:7400"`` also streams the score to ``gradmidi listen`` (other addresses need
+    ``serve_public=True`` and then a token: ``serve_token=``, or one is generated and warned about).
     """
 
     def __init__(
@@ -79,6 +82,9 @@ class Sonifier:
         live: str | Sink | list | None = None,
         midi_api: str | None = None,
         live_latency: float = 0.5,
+        serve: str | Sink | None = None,
+        serve_public: bool = False,
+        serve_token: str | None = None,
         audio: str | os.PathLike | None = None,
         soundfont: str | os.PathLike | None = None,
         title: str | None = None,
@@ -137,14 +143,23 @@ class Sonifier:
         self.event_counts: Counter[str] = Counter()
         self.events: deque = deque(maxlen=10_000)  # the most recent events, for summaries
         self.slots = 0
+        self.server = None
         if not self.sounding:
             self._in_flight: deque = deque()  # this rank's unfinished all-reduces (FSDP2)
             return
         file_sinks = [MidiFileSink(path, flush_interval, epoch_downbeat)] if path is not None else []
-        live_sinks = _live_sinks(live, midi_api, soundfont, live_latency)  # opens ports: after the checks
+        self.server = _serve_sink(serve, serve_public, serve_token)  # binds: refuses a bad address early
+        try:
+            live_sinks = _live_sinks(live, midi_api, soundfont, live_latency)  # opens ports: after the checks
+        except BaseException:
+            if self.server is not None:
+                self.server.close()
+            raise
+        if self.server is not None:
+            live_sinks.append(self.server)
         # Live sinks first: a slot reaches the port before the file writer spends time on it.
         all_sinks = live_sinks + file_sinks + list(sinks or [])
-        # Live sound wants each step at once; a file alone is cheaper written in 20 ms batches.
+        # Live sound (here or a listener's) wants each step at once; a file alone is cheaper in 20 ms batches.
         self._batch_seconds = 0.0 if live_sinks else BATCH_SECONDS
         self._sinks_all = list(all_sinks)
         self._sinks = SinkFanout(all_sinks)
@@ -392,6 +407,21 @@ def _live_sinks(live, api, soundfont, latency) -> list[Sink]:
         else:
             raise GradmidiError(f"live= takes a port name, 'virtual[:NAME]', 'synth[:DRIVER]' or a Sink, not {spec!r}")
     return out
+
+
+def _serve_sink(serve, public: bool, token: str | None) -> Sink | None:
+    """serve=: 'HOST:PORT' (loopback unless serve_public=True) or a ready ServeSink."""
+    if serve is None:
+        if public or token is not None:
+            raise GradmidiError("serve_public= and serve_token= need serve='HOST:PORT'")
+        return None
+    if isinstance(serve, Sink):
+        return serve
+    if not isinstance(serve, str):
+        raise GradmidiError(f"serve= takes 'HOST:PORT' (like '127.0.0.1:7400'), not {serve!r}")
+    from .sinks.serve import ServeSink
+
+    return ServeSink(serve, public=public, token=token)
 
 
 _hooks_installed = False

@@ -9,7 +9,7 @@ from typing import Any
 from ..errors import GradmidiError
 
 # Options that make a Sonifier write, play or serve: only global rank zero keeps them.
-OUTPUT_OPTIONS = ("live", "audio", "sinks", "serve")
+OUTPUT_OPTIONS = ("live", "audio", "sinks", "serve", "serve_public", "serve_token")
 SCORE_NAME = "gradmidi.mid"
 
 

@@ -1,0 +1,269 @@
+"""Listening to a run served elsewhere (``gradmidi listen HOST:PORT``).
+
+The stream's slots go through the same sinks a local run uses: ``LiveSink`` (the scheduler that
+plays local live output, backlog folded to its latency) and ``MidiFileSink`` for ``--save``, so
+the saved file is a normal gradmidi score. A dropped stream is reconnected with backoff; the same
+run continues in the same file, a new run (the trainer restarted) starts a new one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from .errors import GradmidiError
+from .score import ScoreHeader, Slot
+from .sinks.base import Sink, SinkFanout
+from .sinks.live import LiveSink
+from .sinks.midifile import MidiFileSink
+from .wire import MAX_SERVER_FRAME, PROTOCOL, FrameDecoder, FrameError, encode, parse_address, slot_from_message
+
+CONNECT_SECONDS = 10.0
+STALE_SECONDS = 20.0  # the server pings every 5 s: this much silence means the link is dead
+BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
+
+
+class Refused(GradmidiError):
+    """The server would not stream to us (bad token, another protocol): retrying cannot help."""
+
+
+class _Dropped(Exception):
+    """The stream broke off without an ``end``."""
+
+
+class Listener:
+    """Receives a served run and feeds it to a live output and/or a saved score."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        open_output: Callable[[], object] | None = None,
+        save: str | Path | None = None,
+        token: str | None = None,
+        max_latency: float = 0.5,
+        say: Callable[[str], None] = lambda text: None,
+    ) -> None:
+        self.host, self.port = parse_address(address)
+        self.address = address
+        if open_output is None and save is None:
+            raise GradmidiError("nothing to do: choose --port NAME, --synth or --save FILE (or several)")
+        self.open_output = open_output
+        self.save = Path(save) if save is not None else None
+        self.token = token
+        self.max_latency = max_latency
+        self.say = say
+        self.saved: list[Path] = []
+        self.slots = 0
+        self.gaps = 0
+        self._output = open_output() if open_output else None  # a missing port fails before connecting
+        self._file = MidiFileSink(self.save) if self.save else None  # ... and so does a bad --save
+        self._sinks: SinkFanout | None = None
+        self._live: LiveSink | None = None
+        self._run: str | None = None
+        self._header: ScoreHeader | None = None
+        self._offset: int | None = None
+        self._range: tuple[float, float] | None = None
+        self._pending_range: tuple[float, float] | None = None
+        self._last_index = -1
+
+    # -- the session ------------------------------------------------------------------------
+    def run(self) -> None:
+        """Until the run ends (``end``) or Ctrl-C; a dropped stream is reconnected with backoff."""
+        try:
+            sock, decoder, welcome = self._connect(first=True)
+            while True:
+                self._welcome(welcome)
+                try:
+                    if self._stream(sock, decoder, welcome["then"]):
+                        self.say("the run ended")
+                        return
+                    raise _Dropped("the server closed the connection")
+                except (_Dropped, OSError, FrameError) as exc:
+                    sock.close()
+                    self.say(f"stream dropped ({_reason(exc)})")
+                sock, decoder, welcome = self._reconnect()
+        except KeyboardInterrupt:
+            if self._live is not None:
+                self._live.hush()  # the music stops now, the file keeps what was heard
+            raise
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Silences the output and completes the saved file (also on Ctrl-C)."""
+        if self._sinks is not None:
+            self._sinks.close()
+            self._sinks = None
+        elif self._output is not None:
+            self._output.close()
+        self._output = None
+
+    def _connect(self, first: bool = False):
+        where = f"{self.host}:{self.port}"
+        try:
+            sock = socket.create_connection((self.host, self.port), timeout=CONNECT_SECONDS)
+        except ConnectionRefusedError:
+            raise GradmidiError(f"nothing is serving on {where} (connection refused): is the run started with "
+                                "serve=, and the SSH forward up?") from None
+        except socket.gaierror as exc:
+            raise GradmidiError(f"cannot resolve {self.host!r}: {exc.strerror}") from None
+        except OSError as exc:
+            raise GradmidiError(f"cannot connect to {where}: {exc.strerror or exc}") from None
+        try:
+            sock.settimeout(CONNECT_SECONDS)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.sendall(encode({"type": "hello", "protocol": PROTOCOL, "token": self.token}))
+            decoder = FrameDecoder(MAX_SERVER_FRAME)
+            messages: list[dict] = []
+            while not messages:
+                data = sock.recv(65536)
+                if not data:
+                    raise GradmidiError(f"{where} hung up without a word: not a gradmidi server?")
+                messages = decoder.feed(data)
+            first_message = messages[0]
+            if first_message["type"] == "refused":
+                raise Refused(f"{where} refused this listener: {first_message.get('reason', 'no reason given')}")
+            if first_message["type"] != "welcome" or first_message.get("protocol") != PROTOCOL:
+                raise GradmidiError(f"{where} is not a gradmidi server speaking protocol {PROTOCOL}")
+            header = ScoreHeader.from_dict(first_message["header"])
+            first_message["header"] = header
+            first_message["then"] = messages[1:]  # frames that came in the same read as the welcome
+            return sock, decoder, first_message
+        except FrameError as exc:
+            sock.close()
+            raise GradmidiError(f"{where} sent {exc}: not a gradmidi server?") from None
+        except (KeyError, TypeError, ValueError) as exc:
+            sock.close()
+            if isinstance(exc, GradmidiError):
+                raise
+            raise GradmidiError(f"{where} sent a damaged welcome ({exc})") from None
+        except socket.timeout:
+            sock.close()
+            raise GradmidiError(f"{where} did not answer within {CONNECT_SECONDS:g} s: not a gradmidi server?") \
+                from None
+        except OSError as exc:
+            sock.close()
+            raise GradmidiError(f"{where}: {exc.strerror or exc}") from None
+        except BaseException:
+            sock.close()
+            raise
+
+    def _reconnect(self):
+        attempt = 0
+        while True:
+            wait = BACKOFF[min(attempt, len(BACKOFF) - 1)]
+            self.say(f"reconnecting in {wait:g} s")
+            self._sleep(wait)
+            attempt += 1
+            try:
+                sock, decoder, welcome = self._connect()
+            except Refused:
+                raise
+            except GradmidiError as exc:
+                self.say(f"attempt {attempt} failed: {exc}")
+                continue
+            return sock, decoder, welcome
+
+    def _sleep(self, seconds: float) -> None:
+        """Sleeps while keeping the saved file flushed."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, 0.5))
+            if self._sinks is not None:
+                self._sinks.tick()
+
+    # -- one connection ---------------------------------------------------------------------
+    def _welcome(self, welcome: dict) -> None:
+        header: ScoreHeader = welcome["header"]
+        names = ", ".join(v.name for v in header.voices)
+        if welcome["run"] == self._run:
+            self.say(f"reconnected to {self.host}:{self.port}: the same run goes on")
+        else:
+            if self._run is not None:  # the trainer restarted: a new score
+                self.close()
+                self._output = self.open_output() if self.open_output else None
+                self._file = MidiFileSink(self._numbered(len(self.saved) + 1)) if self.save else None
+            self._run = welcome["run"]
+            self._header = header
+            self._offset = None
+            self._last_index = -1
+            lo, hi = header.mapping.norm_range
+            self._range = (float(np.log10(lo)), float(np.log10(hi)))
+            self.say(f"listening to {header.title} on {self.host}:{self.port}: {len(header.voices)} voices ({names}), "
+                     f"{header.clock.bpm:g} bpm")
+        log_range = welcome.get("log_range")
+        self._pending_range = tuple(float(x) for x in log_range) if log_range else None
+
+    def _stream(self, sock: socket.socket, decoder: FrameDecoder, queued: list[dict]) -> bool:
+        """Feeds slots to the sinks until ``end`` (True) or the stream breaks (an exception)."""
+        sock.settimeout(0.5)
+        heard = time.monotonic()
+        while True:
+            for message in queued:
+                kind = message["type"]
+                if kind == "slot":
+                    self._play(slot_from_message(message, len(self._header.voices)))
+                elif kind == "end":
+                    return True
+                elif kind == "refused":
+                    raise Refused(f"{self.host}:{self.port} refused this listener: {message.get('reason')}")
+            if self._sinks is not None:
+                self._sinks.tick()
+            try:
+                data = sock.recv(65536)
+            except socket.timeout:
+                if time.monotonic() - heard > STALE_SECONDS:
+                    raise _Dropped(f"nothing heard for {STALE_SECONDS:g} s") from None
+                queued = []
+                continue
+            if not data:
+                raise _Dropped("the server closed the connection")
+            heard = time.monotonic()
+            queued = decoder.feed(data)
+
+    def _play(self, slot: Slot) -> None:
+        if self._offset is None:  # a late joiner's score starts where it joined
+            self._offset = slot.index
+            self._open_sinks(slot)
+        slot.index -= self._offset
+        if slot.index <= self._last_index:
+            return  # never play a slot twice
+        if slot.index > self._last_index + 1 and self._last_index >= 0:
+            self.gaps += 1
+        self._last_index = slot.index
+        if slot.log_range is None and self._pending_range is not None and self._pending_range != self._range:
+            slot.log_range = self._pending_range  # the adaptive range moved while we were away
+        self._pending_range = None
+        if slot.log_range is not None:
+            self._range = tuple(slot.log_range)
+        self.slots += 1
+        self._sinks.emit(slot)
+
+    def _open_sinks(self, first: Slot) -> None:
+        header = self._header
+        first_step = int(header.info.get("first_step", 0)) + first.index * header.clock.every
+        header = dataclasses.replace(header, info={**header.info, "first_step": first_step})
+        sinks: list[Sink] = []
+        if self._output is not None:
+            self._live = LiveSink(self._output, max_latency=self.max_latency)
+            sinks.append(self._live)
+        if self._file is not None:
+            sinks.append(self._file)
+            self.saved.append(self._file.path)
+        self._sinks = SinkFanout(sinks)
+        self._sinks.open(header)
+
+    def _numbered(self, n: int) -> Path:
+        return self.save if n == 1 else self.save.with_name(f"{self.save.stem}-{n}{self.save.suffix}")
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and not isinstance(exc, socket.timeout):
+        return exc.strerror or str(exc) or type(exc).__name__
+    return str(exc) or type(exc).__name__
