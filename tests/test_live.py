@@ -148,8 +148,13 @@ def test_steps_faster_than_the_tempo_are_merged_not_queued(jack, recorder, tmp_p
     last_slot_sent = live.timing[-1][1]
     assert last_slot_sent - trained <= 0.5 + 0.125 + 0.05
     assert started < trained
-    sent = np.array([t for _, t in live.timing])
-    assert np.allclose(np.diff(sent), 0.125, atol=0.003)  # still on the grid
+    due, sent = np.array(live.timing).T
+    assert np.allclose(np.diff(due), 0.125)  # merged slots keep the grid: one slot every 0.125 s
+    late = sent - due
+    # On the grid: sends are not pushed later and later (a queue would drift by a slot each
+    # time); a loaded 2-core machine may wake a send a few ms late, which is jitter, not drift.
+    assert np.median(late) < 0.003 and late.max() < 0.05
+    assert abs(np.polyfit(np.arange(len(sent)), sent, 1)[0] - 0.125) < 0.001
     ons = [m for _, m in recorder.messages if m[0] & 0xF0 == 0x90 and m[2] and m[0] & 0x0F != 9]
     assert len(ons) == 2 * live.played  # two voices per played slot (drum events aside), none lost
 
