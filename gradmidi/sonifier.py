@@ -10,6 +10,7 @@ there too.
 from __future__ import annotations
 
 import atexit
+import math
 import os
 import queue
 import signal
@@ -26,6 +27,7 @@ import numpy as np
 
 from . import __version__
 from .capture import NormCapture, discover_layers
+from .checks import flag, real, whole
 from .clock import Clock
 from .detect import SpikeSettings
 from .errors import GradmidiError
@@ -78,6 +80,7 @@ class Sonifier:
         queue_size: int = 4096,
         **options: Any,
     ) -> None:
+        _check_options(locals())
         unknown = set(options) - _MAPPING_OPTIONS - _CLOCK_OPTIONS
         if unknown:
             raise GradmidiError(f"unknown Sonifier option(s): {', '.join(sorted(unknown))}")
@@ -267,6 +270,28 @@ class Sonifier:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _check_options(given: dict) -> None:
+    """The Sonifier's own options (mapping and clock options check themselves)."""
+    real("flush_interval", given["flush_interval"], 0, math.inf, low_open=True)
+    whole("queue_size", given["queue_size"], 1, 1 << 24)
+    real("live_latency", given["live_latency"], 0, 60, low_open=True)
+    for name in ("epoch_downbeat", "include_frozen"):
+        flag(name, given[name])
+    if given["duration"] is not None:
+        real("duration", given["duration"], 0, 1e9, low_open=True)
+    if given["total_steps"] is not None:
+        whole("total_steps", given["total_steps"], 1, 2**53)
+    if given["title"] is not None and not isinstance(given["title"], str):
+        raise GradmidiError(f"title must be a string, not {given['title']!r}")
+    for name, kind, what in (("mapping", Mapping, "a gradmidi.Mapping"), ("spikes", SpikeSettings,
+                             "a gradmidi.SpikeSettings")):
+        if given[name] is not None and not isinstance(given[name], kind):
+            raise GradmidiError(f"{name} must be {what}, not {given[name]!r}")
+    sinks = given["sinks"]
+    if sinks is not None and (not isinstance(sinks, (list, tuple)) or not all(isinstance(s, Sink) for s in sinks)):
+        raise GradmidiError(f"sinks must be a list of gradmidi.Sink, not {sinks!r}")
 
 
 def _live_sinks(live, api, soundfont, latency) -> list[Sink]:
