@@ -232,6 +232,8 @@ class Sonifier:
         _LIVE.discard(self)
         if self.audio is not None:
             self._render_audio()
+        if _pending_exit and not _closing and threading.current_thread() is threading.main_thread():
+            raise SystemExit(_pending_exit)  # the SIGTERM that came while closing
 
     @staticmethod
     def _check_audio(audio, path, soundfont):
@@ -316,11 +318,13 @@ _hooks_installed = False
 
 
 def _install_exit_hooks(son: Sonifier) -> None:
-    """atexit closes every open Sonifier; SIGINT marks them interrupted, then acts as before.
+    """atexit closes every open Sonifier; SIGINT and SIGTERM mark them interrupted, then act as before.
 
-    The SIGINT handler does no closing itself (it may run while the training thread holds
-    the queue's lock): the KeyboardInterrupt it leads to unwinds through ``with`` blocks,
-    and atexit closes whatever is still open.
+    The handlers do no closing themselves (they may run while the training thread holds the
+    queue's lock): SIGINT's KeyboardInterrupt, or SIGTERM's SystemExit (exit status 143, where
+    SIGTERM had its default action, which would skip atexit and leave the file up to 2 s old),
+    unwinds through ``with`` blocks, and atexit closes whatever is still open. A handler set
+    before gradmidi's is called instead; an ignored SIGTERM stays ignored.
     """
     global _hooks_installed
     _LIVE.add(son)
@@ -329,22 +333,39 @@ def _install_exit_hooks(son: Sonifier) -> None:
     _hooks_installed = True
     atexit.register(_close_all)
     if threading.current_thread() is threading.main_thread():
-        previous = signal.getsignal(signal.SIGINT)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous = signal.getsignal(signum)
+            if previous == signal.SIG_IGN or previous is None:  # ignored, or set outside Python: leave it
+                continue
+            try:
+                signal.signal(signum, _on_signal(previous))
+            except ValueError:  # not the main interpreter thread after all
+                break
 
-        def on_sigint(signum, frame):
-            for live in list(_LIVE):
-                live._interrupted = True
-            if callable(previous):
-                previous(signum, frame)
-            elif previous == signal.SIG_DFL:
-                signal.default_int_handler(signum, frame)
 
-        try:
-            signal.signal(signal.SIGINT, on_sigint)
-        except ValueError:  # not the main interpreter thread after all
-            pass
+def _on_signal(previous):
+    def handler(signum, frame):
+        for live in list(_LIVE):
+            live._interrupted = True
+        if callable(previous):
+            previous(signum, frame)
+        elif signum == signal.SIGINT:
+            signal.default_int_handler(signum, frame)
+        elif _closing or any(live._closed for live in list(_LIVE)):
+            global _pending_exit  # a close is under way: let it finish, then exit (Sonifier.close)
+            _pending_exit = 128 + signum
+        else:
+            raise SystemExit(128 + signum)
+
+    return handler
+
+
+_closing = False  # atexit is closing everything
+_pending_exit: int | None = None  # a SIGTERM came while a close was under way
 
 
 def _close_all() -> None:
+    global _closing
+    _closing = True
     for son in list(_LIVE):
         son.close()

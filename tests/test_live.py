@@ -22,6 +22,7 @@ from gradmidi.outputs import PortOutput, SynthOutput
 from gradmidi.sinks.base import Sink
 from gradmidi.sinks.live import LiveSink
 from jackkit import FluidSynthListener, JackServer, MidiRecorder
+from reliabilitykit import child_env
 
 ONSET_TOLERANCE = 0.010  # seconds: the JACK dummy period (128 frames, 2.9 ms) plus FluidSynth's block
 
@@ -200,19 +201,21 @@ TRAINER = textwrap.dedent(
 )
 
 
-def test_sigint_ends_every_note_and_sends_all_notes_off(jack, recorder, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_sigint_and_sigterm_end_every_note_and_send_all_notes_off(jack, recorder, tmp_path, sig):
     script = tmp_path / "trainer.py"
     script.write_text(TRAINER)
     proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "run.mid"), recorder.name],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+                            env=child_env())
     try:
         for _ in range(30):
             proc.stdout.readline()
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=30)
     finally:
         proc.kill()
-    assert "KeyboardInterrupt" in err
+    assert "KeyboardInterrupt" in err if sig == signal.SIGINT else proc.returncode == 143
     time.sleep(0.2)
     messages = [m for _, m in recorder.messages]
     sounding = set()
