@@ -303,9 +303,11 @@ def play(file, port, synth, driver, soundfont, api, quiet) -> None:
     """Play a saved score live, to a MIDI port or the in-process synth."""
     from .outputs import open_output
     from .play import play_score
+    from .render import read_timeline
 
     if bool(port) == bool(synth):
         raise GradmidiError("choose one of --port NAME or --synth")
+    timeline = read_timeline(file)  # a bad file is refused before any port or synth opens
     output = open_output(f"synth:{driver or ''}" if synth else f"port:{port}", api, soundfont)
     console = _console(quiet)
     from rich.progress import BarColumn, Progress, TextColumn
@@ -314,7 +316,8 @@ def play(file, port, synth, driver, soundfont, api, quiet) -> None:
                   TextColumn("{task.completed:.0f}/{task.total:.0f} s"), console=console, transient=True,
                   disable=quiet or not console.is_terminal) as progress:
         task = progress.add_task("play", total=None)
-        seconds = play_score(file, output, lambda done, total: progress.update(task, completed=done, total=total))
+        seconds = play_score(file, output, lambda done, total: progress.update(task, completed=done, total=total),
+                             timeline)
     if not quiet:
         console.print(f"played {file} ({seconds:.1f} s) on {output.name}")
 

@@ -93,7 +93,7 @@ class ScoreHeader:
         info = data.get("info", {})
         if not isinstance(info, dict):
             raise GradmidiError("info must be a record")
-        whole("first_step", info.get("first_step", 0), 0, 2**53)
+        whole("first_step", info.get("first_step", 0), -(2**53), 2**53)
         for name in ("mapping", "clock"):
             if not isinstance(data[name], dict):
                 raise GradmidiError(f"{name} must be a record")
