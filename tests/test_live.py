@@ -22,7 +22,7 @@ from gradmidi.outputs import PortOutput, SynthOutput
 from gradmidi.sinks.base import Sink
 from gradmidi.sinks.live import LiveSink
 from jackkit import FluidSynthListener, JackServer, MidiRecorder
-from reliabilitykit import child_env
+from reliabilitykit import child_env, record
 
 ONSET_TOLERANCE = 0.010  # seconds: the JACK dummy period (128 frames, 2.9 ms) plus FluidSynth's block
 
@@ -113,6 +113,8 @@ def test_port_lost_mid_run_stops_the_live_sink_and_training_and_file_go_on(jack,
     gone = [str(w.message) for w in caught if "is gone" in str(w.message)]
     assert len(gone) == 1 and "training and the other sinks go on" in gone[0]  # one warning
     assert gradmidi.read_score(tmp_path / "run.mid").summary()["steps"] == 50
+    record("live synth killed mid-run (FluidSynth on JACK)", 1,
+           "one warning, live output stopped, training and the file went on (all 50 steps in the score)")
 
 
 def test_no_midi_system_is_a_clear_error(monkeypatch):
@@ -230,6 +232,8 @@ def test_sigint_and_sigterm_end_every_note_and_send_all_notes_off(jack, recorder
     for channel in (0, 1, 9):
         assert bytes([0xB0 | channel, 123, 0]) in tail and bytes([0xB0 | channel, 120, 0]) in tail
     assert gradmidi.read_score(tmp_path / "run.mid").summary()["markers"][-1][1] == "interrupted"
+    record(f"{signal.Signals(sig).name} with a live port (JACK)", 1,
+           "every sounding note ended, All Notes Off and All Sound Off on every channel used")
 
 
 def test_in_process_synth_plays_through_a_real_audio_driver(tmp_path):
