@@ -83,7 +83,7 @@ class Mapping:
         for name in ("low_note", "high_note"):
             if not isinstance(getattr(self, name), Integral) or isinstance(getattr(self, name), bool):
                 whole(name, getattr(self, name), 0, 127)  # the type; the register is checked below
-        norm_range = tuple(real("norm_range", v, 0, math.inf, low_open=True) for v in pair("norm_range", self.norm_range))
+        norm_range = tuple(real("norm_range", v, 0, 1e300, low_open=True) for v in pair("norm_range", self.norm_range))
         object.__setattr__(self, "norm_range", norm_range)
         if not (0 <= self.low_note < self.high_note <= 127):
             raise GradmidiError(

@@ -74,6 +74,16 @@ def trainer_command(script, path, mode="with", flush=2.0, live="-", steps=0, pau
     return [sys.executable, str(script), str(path), mode, str(flush), live, str(steps), str(pause)]
 
 
+def default_signals() -> None:
+    """preexec_fn for a child trainer: SIGINT as in a terminal, even where this process was started
+    in the background (where shells ignore SIGINT, and a child would inherit that, so that Ctrl-C
+    and the tests' SIGINT would do nothing: gradmidi leaves an ignored signal ignored)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def child_env(**extra) -> dict:
     """The environment for a child Python: the gradmidi under test first on its path."""
     from pathlib import Path

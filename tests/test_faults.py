@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 import gradmidi
-from reliabilitykit import FULL, TRAINER, child_env, record, scale, trainer_command
+from reliabilitykit import FULL, TRAINER, child_env, default_signals, record, scale, trainer_command
 
 FLUSH = 2.0  # the default flush interval
 SLACK = 1.0  # the worker's batching and a loaded machine, on top of the flush interval
@@ -47,7 +47,7 @@ def _start(tmp_path: Path, **options) -> tuple[subprocess.Popen, Path]:
     script.write_text(TRAINER)
     path = tmp_path / "run.mid"
     proc = subprocess.Popen(trainer_command(script, path, **options), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, stdin=subprocess.DEVNULL, env=child_env())
+                            text=True, stdin=subprocess.DEVNULL, env=child_env(), preexec_fn=default_signals)
     return proc, path
 
 
@@ -148,7 +148,8 @@ def test_sigterm_handler_set_before_gradmidi_is_kept(tmp_path):
         "        time.sleep(0.01)\n"
     )
     proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "run.mid")], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL, env=child_env())
+                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL, env=child_env(),
+                            preexec_fn=default_signals)
     try:
         assert proc.stdout.readline().strip() == "ready"
         proc.send_signal(signal.SIGTERM)

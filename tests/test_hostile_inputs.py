@@ -61,7 +61,8 @@ def check_reader(reader: str, path: Path, out: Path) -> str:
     took = time.monotonic() - started
     assert took < CASE_SECONDS, f"{reader} took {took:.1f} s"
     if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"{reader} raised {result.exception!r} on {path.read_bytes()[:64]!r}") from result.exception
+        head = path.read_bytes()[:64]
+        raise AssertionError(f"{reader} raised {result.exception!r} on {head!r}") from result.exception
     assert "Traceback" not in result.output
     if result.exit_code == 0:
         return "ok"
@@ -76,7 +77,8 @@ def real_score(tmp_path_factory) -> bytes:
     folder = tmp_path_factory.mktemp("real")
 
     def norms(step):
-        return np.array([10.0 ** (-3 + step / 10), np.nan if step == 7 else 0.5, 1.0]), np.array([True, True, step % 3 > 0])
+        values = [10.0 ** (-3 + step / 10), np.nan if step == 7 else 0.5, 1.0]
+        return np.array(values), np.array([True, True, step % 3 > 0])
 
     make_score(folder / "real.mid", [("fc1", "Linear"), ("fc2", "Linear"), ("conv", "Conv2d")], norms, 24)
     return (folder / "real.mid").read_bytes()
@@ -182,7 +184,8 @@ def corpus(real_score: bytes, size: int) -> dict[str, bytes]:
         "a tempo of 1 us per beat": _score_events(real_score, [(0, b"\xff\x51\x03\x00\x00\x01")], track=0),
         "a tempo of 16.7 s per beat": _score_events(real_score, [(0, b"\xff\x51\x03\xff\xff\xff")], track=0),
         "a note 10^12 ticks late (years)": _score_events(real_score, [(10**12, b"\x90\x40\x40")]),
-        "a note 2^27 ticks late (days)": _score_events(real_score, [(2**27, b"\x90\x40\x40"), (2**27 + 1, b"\x80\x40\x00")]),
+        "a note 2^27 ticks late (days)": _score_events(real_score, [(2**27, b"\x90\x40\x40"),
+                                                                    (2**27 + 1, b"\x80\x40\x00")]),
         "a data byte without status": _smf([b"\x00\x40\x40"]),
         "a header of 8 MB": _with_header(real_score, lambda h: h["info"].__setitem__("x", "a" * (8 << 20))),
         "a header that is a list": _with_header(real_score, lambda h: (h.clear(), h.__setitem__("voices", [[1]]))),
@@ -244,7 +247,8 @@ def test_hostile_files_stay_bounded_in_a_real_process(real_score, tmp_path):
 LOG_TEXT = st.lists(st.one_of(
     st.text(alphabet="0123456789,.-einfaNTxy \t\"", max_size=30),
     st.builds(lambda s, n, v: f"{s},{n},{v}", st.sampled_from(["0", "1", "-5", "1e30", "inf", "nan", "2.5", "x"]),
-              st.sampled_from(["a", "b", "", "é"]), st.sampled_from(["1.0", "nan", "-inf", "0", "-3", "1e308", "5e-324"])),
+              st.sampled_from(["a", "b", "", "é"]),
+              st.sampled_from(["1.0", "nan", "-inf", "0", "-3", "1e308", "5e-324"])),
 ), max_size=12)
 
 

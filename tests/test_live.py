@@ -22,7 +22,7 @@ from gradmidi.outputs import PortOutput, SynthOutput
 from gradmidi.sinks.base import Sink
 from gradmidi.sinks.live import LiveSink
 from jackkit import FluidSynthListener, JackServer, MidiRecorder
-from reliabilitykit import child_env, record
+from reliabilitykit import child_env, default_signals, record
 
 ONSET_TOLERANCE = 0.010  # seconds: the JACK dummy period (128 frames, 2.9 ms) plus FluidSynth's block
 
@@ -209,7 +209,7 @@ def test_sigint_and_sigterm_end_every_note_and_send_all_notes_off(jack, recorder
     script.write_text(TRAINER)
     proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "run.mid"), recorder.name],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
-                            env=child_env())
+                            env=child_env(), preexec_fn=default_signals)
     try:
         for _ in range(30):
             proc.stdout.readline()
