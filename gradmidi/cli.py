@@ -22,10 +22,15 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except GradmidiError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(_one_line(str(exc))) from None
         except OSError as exc:
             where = f"{exc.filename}: " if exc.filename else ""
-            raise click.ClickException(f"{where}{exc.strerror or exc}") from None
+            raise click.ClickException(_one_line(f"{where}{exc.strerror or exc}")) from None
+
+
+def _one_line(message: str) -> str:
+    """A message quoting user data (a file name, a log row) may hold line breaks: show them escaped."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

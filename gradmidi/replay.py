@@ -115,7 +115,8 @@ def _read_csv(path: Path) -> Series:
             try:
                 series.add(row[name_i], int(float(row[step_i])), float(row[value_i]), last)
             except (ValueError, IndexError, OverflowError):
-                raise GradmidiError(f"{path}:{line}: not a step, name, value row: {','.join(row)}") from None
+                shown = ",".join(row).replace("\r", "\\r").replace("\n", "\\n")[:200]  # quoted fields hold newlines
+                raise GradmidiError(f"{path}:{line}: not a step, name, value row: {shown}") from None
     return series
 
 

@@ -332,3 +332,12 @@ def test_norm_and_input_classes_are_recorded():
     record("norm values: NaN, +-Inf, negative, zero, subnormal, 1e308, any float (hypothesis)", EXAMPLES,
            "NaN/Inf: silent note + drum event; <= 0: silent; subnormal/1e308: the register's edge; "
            "wrong lengths: one-line error")
+
+
+def test_a_log_row_with_a_quoted_line_break_is_still_a_one_line_error(tmp_path):
+    """Found by the fuzzing: the row quoted in the message held the line break."""
+    log = tmp_path / "log.csv"
+    log.write_text('step,name,value\n"\n0",a,x\n')
+    result = CliRunner().invoke(cli, ["sonify", str(log), "-o", str(tmp_path / "x.mid")])
+    assert result.exit_code == 1 and result.output.count("\n") == 1
+    assert result.output.endswith("not a step, name, value row: \\n0,a,x\n")
