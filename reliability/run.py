@@ -1,6 +1,6 @@
 """Runs the full fault matrix and fuzzing, then rewrites RELIABILITY.md from what the tests measured.
 
-    .venv/bin/python reliability/run.py                 # the full matrix (about half an hour on 2 cores)
+    .venv/bin/python reliability/run.py                 # the full matrix (about 10 minutes on 2 cores)
     .venv/bin/python reliability/run.py --fuzz 200      # fewer fuzz cases
     .venv/bin/python reliability/run.py --ci            # the bounded CI sizes (a quick look)
 

@@ -334,7 +334,7 @@ def test_property_classes_are_recorded():
     record("hypothesis: a real score truncated anywhere and bit-flipped up to 6 times (inspect, decode, play)",
            EXAMPLES, "one-line error or success, no traceback")
     record("hypothesis: any JSON value in any of 23 header fields (inspect, decode, play)", EXAMPLES,
-           "one-line error naming the field, or success")
+           "one-line error (a damaged header, and why), or success")
     record("hypothesis: hostile CSV and JSONL logs for gradmidi sonify, plus a damaged TensorBoard file", EXAMPLES + 1,
            "one-line error, or a score that reads back (inspect, decode)")
     record("norm values: NaN, +-Inf, negative, zero, subnormal, 1e308, any float (hypothesis)", EXAMPLES,
