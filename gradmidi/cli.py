@@ -22,10 +22,15 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except GradmidiError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(_one_line(str(exc))) from None
         except OSError as exc:
             where = f"{exc.filename}: " if exc.filename else ""
-            raise click.ClickException(f"{where}{exc.strerror or exc}") from None
+            raise click.ClickException(_one_line(f"{where}{exc.strerror or exc}")) from None
+
+
+def _one_line(message: str) -> str:
+    """A message quoting user data (a file name, a log row) may hold line breaks: show them escaped."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -303,9 +308,11 @@ def play(file, port, synth, driver, soundfont, api, quiet) -> None:
     """Play a saved score live, to a MIDI port or the in-process synth."""
     from .outputs import open_output
     from .play import play_score
+    from .render import read_timeline
 
     if bool(port) == bool(synth):
         raise GradmidiError("choose one of --port NAME or --synth")
+    timeline = read_timeline(file)  # a bad file is refused before any port or synth opens
     output = open_output(f"synth:{driver or ''}" if synth else f"port:{port}", api, soundfont)
     console = _console(quiet)
     from rich.progress import BarColumn, Progress, TextColumn
@@ -314,7 +321,8 @@ def play(file, port, synth, driver, soundfont, api, quiet) -> None:
                   TextColumn("{task.completed:.0f}/{task.total:.0f} s"), console=console, transient=True,
                   disable=quiet or not console.is_terminal) as progress:
         task = progress.add_task("play", total=None)
-        seconds = play_score(file, output, lambda done, total: progress.update(task, completed=done, total=total))
+        seconds = play_score(file, output, lambda done, total: progress.update(task, completed=done, total=total),
+                             timeline)
     if not quiet:
         console.print(f"played {file} ({seconds:.1f} s) on {output.name}")
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+from .checks import flag, real, whole
 from .errors import GradmidiError
 
 TICKS_PER_BEAT = 480
 MAX_BPM = 300.0
 MIN_BPM = 20.0
+MAX_EVERY = 2**31  # steps per slot; far beyond any run, and keeps step arithmetic in int64
 
 
 @dataclass(frozen=True)
@@ -28,16 +30,14 @@ class Clock:
     gate: float = 0.9  # fraction of a slot a note sounds, so a voice never overlaps itself
 
     def __post_init__(self) -> None:
-        if not (MIN_BPM <= self.bpm <= MAX_BPM * 4):
-            raise GradmidiError(f"tempo {self.bpm} bpm is out of range {MIN_BPM:g}-{MAX_BPM * 4:g}")
-        if self.every < 1 or int(self.every) != self.every:
-            raise GradmidiError(f"every must be a positive whole number, not {self.every}")
-        if not (0 < self.slot_beats <= 4):
-            raise GradmidiError(f"slot_beats must be in (0, 4], not {self.slot_beats}")
+        real("bpm (the tempo)", self.bpm, MIN_BPM, MAX_BPM * 4)
+        whole("every", self.every, 1, MAX_EVERY)
+        real("slot_beats", self.slot_beats, 0, 4, low_open=True)
+        whole("ticks_per_beat", self.ticks_per_beat, 24, 0x7FFF)  # an SMF division holds 15 bits
+        flag("arpeggio", self.arpeggio)
         if self.slot_ticks < 2:
             raise GradmidiError("slot too short for the MIDI resolution")
-        if not (0.05 <= self.gate <= 1.0):
-            raise GradmidiError(f"gate must be in [0.05, 1], not {self.gate}")
+        real("gate", self.gate, 0.05, 1.0)
 
     @classmethod
     def for_duration(cls, seconds: float, steps: int, **kwargs) -> Clock:

@@ -8,10 +8,12 @@ to log10 norms (per voice), where a tenfold jump is the same distance at any sca
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from .checks import real, whole
 from .score import Event
 
 
@@ -26,6 +28,18 @@ class SpikeSettings:
     loss_z: float = 3.0
     loss_min_ratio: float = 1.5  # a loss spike is also at least this multiple of the running mean
     repeat_every: int = 16  # while a voice stays NaN/Inf, sound the alarm again every N steps
+
+    def __post_init__(self) -> None:
+        real("SpikeSettings.alpha", self.alpha, 0, 1, low_open=True, high_open=True)
+        for name in ("z", "loss_z"):
+            real(f"SpikeSettings.{name}", getattr(self, name), 0, 1e6, low_open=True)
+        for name in ("min_jump", "big_jump"):  # in decades; math.inf switches that rule off
+            if getattr(self, name) != math.inf:
+                real(f"SpikeSettings.{name} (or math.inf)", getattr(self, name), 0, 1e6)
+        real("SpikeSettings.loss_min_ratio", self.loss_min_ratio, 0, 1e6)
+        for name in ("warmup", "early"):
+            whole(f"SpikeSettings.{name}", getattr(self, name), 0, 2**31)
+        whole("SpikeSettings.repeat_every", self.repeat_every, 1, 2**31)
 
 
 class ZScore:

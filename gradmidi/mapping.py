@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from numbers import Integral
 
 import numpy as np
 
+from .checks import flag, pair, real, whole
 from .errors import GradmidiError
 
 SCALES: dict[str, tuple[int, ...]] = {
@@ -32,6 +34,8 @@ KEYS = {"c": 0, "d": 2, "e": 4, "f": 5, "g": 7, "a": 9, "b": 11}
 
 
 def scale_intervals(name: str) -> tuple[int, ...]:
+    if not isinstance(name, str):
+        raise GradmidiError(f"scale must be a name, one of: {', '.join(SCALES)}; not {name!r}")
     key = name.strip().lower().replace("-", "_").replace(" ", "_")
     key = SCALE_ALIASES.get(key, key)
     if key not in SCALES:
@@ -43,6 +47,8 @@ def key_pitch_class(key: str | int) -> int:
     """0-11 from a note name such as 'A', 'F#', 'Bb' (or a number)."""
     if isinstance(key, int) and not isinstance(key, bool):
         return key % 12
+    if not isinstance(key, str):
+        raise GradmidiError(f"unknown key {key!r}; use a note name such as C, F#, Bb (or 0-11)")
     text = str(key).strip().lower()
     if not text or text[0] not in KEYS or any(c not in "#b♯♭" for c in text[1:]):
         raise GradmidiError(f"unknown key {key!r}; use a note name such as C, F#, Bb")
@@ -74,7 +80,11 @@ class Mapping:
         intervals = scale_intervals(self.scale)
         root = key_pitch_class(self.key)
         object.__setattr__(self, "pitch_classes", tuple(sorted((root + i) % 12 for i in intervals)))
-        object.__setattr__(self, "norm_range", tuple(float(v) for v in self.norm_range))
+        for name in ("low_note", "high_note"):
+            if not isinstance(getattr(self, name), Integral) or isinstance(getattr(self, name), bool):
+                whole(name, getattr(self, name), 0, 127)  # the type; the register is checked below
+        norm_range = tuple(real("norm_range", v, 0, 1e300, low_open=True) for v in pair("norm_range", self.norm_range))
+        object.__setattr__(self, "norm_range", norm_range)
         if not (0 <= self.low_note < self.high_note <= 127):
             raise GradmidiError(
                 f"register {self.low_note}-{self.high_note} is invalid: need 0 <= low_note < high_note <= 127"
@@ -87,10 +97,15 @@ class Mapping:
         if isinstance(self.velocity, str):
             if self.velocity != "norm":
                 raise GradmidiError(f"velocity must be 1-127 or 'norm', not {self.velocity!r}")
-        elif not (1 <= int(self.velocity) <= 127):
-            raise GradmidiError(f"velocity {self.velocity} is out of range 1-127")
-        if self.adaptive_warmup < 1 or self.adaptive_every < 1:
-            raise GradmidiError("adaptive_warmup and adaptive_every must be at least 1")
+        else:
+            whole("velocity", self.velocity, 1, 127)  # or "norm", above
+        flag("adaptive", self.adaptive)
+        whole("adaptive_warmup", self.adaptive_warmup, 1, 2**31)
+        whole("adaptive_every", self.adaptive_every, 1, 2**31)
+        q = tuple(real("adaptive_quantiles", v, 0, 1) for v in pair("adaptive_quantiles", self.adaptive_quantiles))
+        if not q[0] < q[1]:
+            raise GradmidiError(f"adaptive_quantiles must be (low, high) with 0 <= low < high <= 1, not {q}")
+        object.__setattr__(self, "adaptive_quantiles", q)
 
     # -- the scale as an array of allowed MIDI notes inside the register
     @property

@@ -44,13 +44,28 @@ class ScoreBuilder:
         self._last_step: int | None = None
 
     def voice_norms(self, layer_norms: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Root of the sum of squares per voice; NaN where no member layer had a gradient."""
+        """Root of the sum of squares per voice; NaN where no member layer had a gradient.
+
+        A negative finite value is no norm (a replayed log may hold one): it counts as zero, so
+        it is silent rather than heard as its magnitude; -Inf stays an Inf alarm.
+        """
         keep = (self.assignment >= 0) & present
-        squares = np.bincount(
-            self.assignment[keep], weights=np.square(layer_norms[keep]), minlength=self.n_voices
-        )
-        voice_present = np.bincount(self.assignment[keep], minlength=self.n_voices) > 0
-        norms = np.sqrt(squares)
+        values = layer_norms[keep]
+        with np.errstate(invalid="ignore"):
+            values = np.where(values < 0, np.where(np.isinf(values), np.inf, 0.0), values)
+        voices = self.assignment[keep]
+        finite = np.abs(values[np.isfinite(values) & (values != 0)])
+        if finite.size and (finite.max() > 1e150 or finite.min() < 1e-150):
+            # Squares would overflow to Inf (a false alarm) or underflow to 0 (silence): scale per voice.
+            scale = np.zeros(self.n_voices)
+            np.maximum.at(scale, voices, np.where(np.isfinite(values), np.abs(values), 0.0))
+            scale[scale == 0] = 1.0
+            squares = np.bincount(voices, weights=np.square(values / scale[voices]), minlength=self.n_voices)
+            with np.errstate(over="ignore"):  # beyond float64 a group's norm is Inf: an honest alarm
+                norms = np.sqrt(squares) * scale
+        else:
+            norms = np.sqrt(np.bincount(voices, weights=np.square(values), minlength=self.n_voices))
+        voice_present = np.bincount(voices, minlength=self.n_voices) > 0
         norms[~voice_present] = np.nan
         return norms, voice_present
 
@@ -61,8 +76,12 @@ class ScoreBuilder:
         """Adds one step; returns the slots this step completed (usually zero or one)."""
         if self._last_step is not None and step <= self._last_step:
             raise GradmidiError(f"step {step} arrived after step {self._last_step}: steps must increase")
+        layer_norms, present = np.asarray(layer_norms, dtype=np.float64), np.asarray(present, dtype=bool)
+        if layer_norms.shape != self.assignment.shape or present.shape != self.assignment.shape:
+            raise GradmidiError(f"step {step}: {layer_norms.size} norms and {present.size} present flags for "
+                                f"{self.assignment.size} layers; give one of each per layer")
         self._last_step = step
-        norms, voice_present = self.voice_norms(np.asarray(layer_norms, dtype=np.float64), np.asarray(present))
+        norms, voice_present = self.voice_norms(layer_norms, present)
         slot = self.clock.slot_of(step - self.first_step)
         done = self._advance(slot)
         self._events += self.detector.step(step, norms, voice_present, loss, skipped)

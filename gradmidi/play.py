@@ -13,9 +13,10 @@ from .smf import tempo_map, ticks_to_seconds
 TAIL_SECONDS = 1.0  # let the last notes ring before All Sound Off
 
 
-def play_score(path: str | os.PathLike, output, progress: Callable[[float, float], None] | None = None) -> float:
+def play_score(path: str | os.PathLike, output, progress: Callable[[float, float], None] | None = None,
+               timeline=None) -> float:
     """Sends every channel message of the score to ``output`` on time; returns the score's length."""
-    timeline = read_timeline(path)
+    timeline = timeline or read_timeline(path)
     events = sorted(
         ((tick, e) for track in timeline.tracks for tick, e in track if e[0] < 0xF0), key=lambda item: item[0]
     )

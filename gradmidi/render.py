@@ -32,6 +32,7 @@ LOUDNESS_TARGET = -16.0  # LUFS integrated: a common target for streamed audio
 PEAK_CEILING = -1.0  # dBFS
 TAIL_SECONDS = 2.0  # the longest release/reverb we wait for after the last note
 PARALLEL_MIN_SECONDS = 120.0  # below this, starting processes costs more than it saves
+MAX_RENDER_BYTES = 4 << 30  # all render buffers together: about 3.4 hours at 44.1 kHz
 FORMATS = {".wav": ("WAV", "PCM_16"), ".flac": ("FLAC", "PCM_16"), ".ogg": ("OGG", "VORBIS")}
 INSTALL_HINT = (
     "FluidSynth is not installed: Debian/Ubuntu: sudo apt-get install libfluidsynth3 (or fluidsynth); "
@@ -246,7 +247,14 @@ def render(
     load_fluidsynth()
     timeline = read_timeline(score)
     length = timeline.seconds + tail
+    need = length * rate * 8  # float32 stereo, held whole
+    if need > MAX_RENDER_BYTES:
+        limit = MAX_RENDER_BYTES / (rate * 8) / 3600
+        raise GradmidiError(f"{score}: the score lasts {timeline.seconds / 3600:.3g} h; a render is held in memory "
+                            f"and stops at {limit:.2g} h at {rate} Hz: fit the run into less time "
+                            "(duration=, every=, or gradmidi sonify --every)")
     jobs = max(1, jobs if jobs is not None else (os.cpu_count() or 1))
+    jobs = max(1, min(jobs, int(MAX_RENDER_BYTES // need) - 1))  # every process holds a whole-length buffer
     if jobs > 1 and length >= PARALLEL_MIN_SECONDS and len(timeline.channels()) > 1:
         audio = render_parallel(timeline, font, rate, tail, jobs)
         if progress:

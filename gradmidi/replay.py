@@ -42,6 +42,8 @@ class Series:
     non_finite: int = 0
 
     def add(self, name: str, step: int, value: float, last_step: dict[str, int]) -> None:
+        if not -(2**53) <= step <= 2**53:  # beyond this a float log cannot have counted exactly
+            raise ValueError(f"step {step} is out of range")
         series = self.values.setdefault(name, {})
         if step in series:
             self.duplicates += 1  # the later value wins, as TensorBoard shows it
@@ -112,8 +114,9 @@ def _read_csv(path: Path) -> Series:
                 continue
             try:
                 series.add(row[name_i], int(float(row[step_i])), float(row[value_i]), last)
-            except (ValueError, IndexError):
-                raise GradmidiError(f"{path}:{line}: not a step, name, value row: {','.join(row)}") from None
+            except (ValueError, IndexError, OverflowError):
+                shown = ",".join(row).replace("\r", "\\r").replace("\n", "\\n")[:200]  # quoted fields hold newlines
+                raise GradmidiError(f"{path}:{line}: not a step, name, value row: {shown}") from None
     return series
 
 
@@ -128,7 +131,7 @@ def _read_jsonl(path: Path) -> Series:
                 name = next(record[k] for k in NAME_COLUMNS if k in record)
                 value = next(record[k] for k in VALUE_COLUMNS if k in record)
                 series.add(str(name), int(record["step"]), float(value), last)
-            except (ValueError, KeyError, StopIteration, TypeError):
+            except (ValueError, KeyError, StopIteration, TypeError, OverflowError):
                 raise GradmidiError(f"{path}:{line}: not a {{step, name, value}} record") from None
     return series
 

@@ -10,7 +10,10 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .checks import whole
 from .clock import Clock
+from .errors import GradmidiError
+from .instruments import DRUM_CHANNEL
 from .mapping import Mapping
 
 FORMAT_VERSION = 1
@@ -34,9 +37,15 @@ class Voice:
 
     @classmethod
     def from_dict(cls, data: dict) -> Voice:
+        channel = whole("voice channel", data["channel"], 0, 15)
+        if channel == DRUM_CHANNEL:
+            raise GradmidiError("voice channel must not be 9 (channel 10): it is the drums'")
+        if not isinstance(data["layers"], list):
+            raise GradmidiError(f"voice layers must be a list of names, not {data['layers']!r}")
         return cls(
-            index=int(data["index"]), name=str(data["name"]), layers=tuple(data["layers"]),
-            kind=str(data["kind"]), channel=int(data["channel"]), program=int(data["program"]),
+            index=whole("voice index", data["index"], 0, 15), name=str(data["name"]),
+            layers=tuple(str(layer) for layer in data["layers"]), kind=str(data["kind"]), channel=channel,
+            program=whole("voice program", data["program"], 0, 127),
         )
 
 
@@ -77,13 +86,29 @@ class ScoreHeader:
 
     @classmethod
     def from_dict(cls, data: dict) -> ScoreHeader:
-        return cls(
-            voices=tuple(Voice.from_dict(v) for v in data["voices"]),
+        """Checks every field: a header read back from a file may be damaged or hostile."""
+        voices = data["voices"]
+        if not isinstance(voices, list) or not all(isinstance(v, dict) for v in voices):
+            raise GradmidiError("voices must be a list of voice records")
+        info = data.get("info", {})
+        if not isinstance(info, dict):
+            raise GradmidiError("info must be a record")
+        whole("first_step", info.get("first_step", 0), -(2**53), 2**53)
+        for name in ("mapping", "clock"):
+            if not isinstance(data[name], dict):
+                raise GradmidiError(f"{name} must be a record")
+        header = cls(
+            voices=tuple(Voice.from_dict(v) for v in voices),
             mapping=Mapping.from_dict(data["mapping"]),
             clock=Clock.from_dict(data["clock"]),
             title=str(data.get("title", "gradmidi")),
-            info=dict(data.get("info", {})),
+            info=dict(info),
         )
+        if [v.index for v in header.voices] != list(range(len(header.voices))):
+            raise GradmidiError("voice indices must count 0, 1, 2, ... in order")
+        if len({v.channel for v in header.voices}) != len(header.voices):
+            raise GradmidiError("two voices share a channel")
+        return header
 
 
 @dataclass

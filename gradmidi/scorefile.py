@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .checks import pair, real, whole
 from .errors import GradmidiError, NotAScoreError
 from .instruments import DRUM_CHANNEL, DRUM_KEYS, GM_PROGRAMS
 from .mapping import pitches_to_norms
@@ -126,7 +127,7 @@ def score_from_tracks(path: str | os.PathLike, tracks: list[list[tuple[int, byte
                 if parsed and parsed[0] == HEADER_TAG:
                     header = parsed[1]
                 elif parsed and parsed[0] == RANGE_TAG:
-                    ranges.append((int(parsed[1]["slot"]), tuple(parsed[1]["log_range"])))
+                    ranges.append(_range_change(path, parsed[1]))
     if header is None:
         raise NotAScoreError(f"{path}: a MIDI file, but not a gradmidi score (no gradmidi header)")
     try:
@@ -163,6 +164,18 @@ def score_from_tracks(path: str | os.PathLike, tracks: list[list[tuple[int, byte
     drums.sort()
     markers.sort(key=lambda m: m[0])
     return ScoreFile(path, score_header, notes, drums, markers, ranges, last_slot)
+
+
+def _range_change(path: Path, record) -> tuple[int, tuple[float, float]]:
+    """(slot, log range) of an adaptive range change; one-line error when damaged."""
+    try:
+        slot = whole("range slot", record["slot"], 0, 2**53)
+        lo, hi = (real("log range", v, -300, 300) for v in pair("log range", record["log_range"]))
+    except (KeyError, TypeError, GradmidiError) as exc:
+        raise GradmidiError(f"{path}: damaged range change in the score ({exc})") from None
+    if not lo < hi:
+        raise GradmidiError(f"{path}: damaged range change in the score (log range {lo} >= {hi})")
+    return slot, (lo, hi)
 
 
 def _meta_body(event: bytes) -> bytes:

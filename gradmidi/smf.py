@@ -194,6 +194,8 @@ def read_smf(data: bytes) -> tuple[int, int, list[list[tuple[int, bytes]]]]:
     length, fmt, ntracks, division = struct.unpack(">IHHH", data[4:14])
     if division & 0x8000:
         raise SMFError("SMPTE time division is not supported")
+    if division == 0:
+        raise SMFError("zero ticks per beat")
     pos = 8 + length
     tracks = []
     for _ in range(ntracks):

@@ -14,6 +14,7 @@ gradients are already averaged), their part of the step's one all-reduce under F
 from __future__ import annotations
 
 import atexit
+import math
 import os
 import queue
 import signal
@@ -30,6 +31,7 @@ import numpy as np
 
 from . import __version__
 from .capture import Layer, NormCapture, discover_layers
+from .checks import flag, real, whole
 from .clock import Clock
 from .detect import SpikeSettings
 from .distributed import GradientSyncWatch, layer_class_name, rank_and_world, unwrap
@@ -93,6 +95,7 @@ class Sonifier:
         rank_zero_only: bool = True,
         **options: Any,
     ) -> None:
+        _check_options(locals())
         unknown = set(options) - _MAPPING_OPTIONS - _CLOCK_OPTIONS
         if unknown:
             raise GradmidiError(f"unknown Sonifier option(s): {', '.join(sorted(unknown))}")
@@ -325,6 +328,8 @@ class Sonifier:
         _LIVE.discard(self)
         if self.audio is not None:
             self._render_audio()
+        if _pending_exit and not _closing and threading.current_thread() is threading.main_thread():
+            raise SystemExit(_pending_exit)  # the SIGTERM that came while closing
 
     @staticmethod
     def _check_audio(audio, path, soundfont, sounding=True):
@@ -391,6 +396,28 @@ def _param_ids(optimizer) -> set[int]:
     return {id(p) for group in optimizer.param_groups for p in group["params"]}
 
 
+def _check_options(given: dict) -> None:
+    """The Sonifier's own options (mapping and clock options check themselves)."""
+    real("flush_interval", given["flush_interval"], 0, math.inf, low_open=True)
+    whole("queue_size", given["queue_size"], 1, 1 << 24)
+    real("live_latency", given["live_latency"], 0, 60, low_open=True)
+    for name in ("epoch_downbeat", "include_frozen"):
+        flag(name, given[name])
+    if given["duration"] is not None:
+        real("duration", given["duration"], 0, 1e9, low_open=True)
+    if given["total_steps"] is not None:
+        whole("total_steps", given["total_steps"], 1, 2**53)
+    if given["title"] is not None and not isinstance(given["title"], str):
+        raise GradmidiError(f"title must be a string, not {given['title']!r}")
+    for name, kind, what in (("mapping", Mapping, "a gradmidi.Mapping"), ("spikes", SpikeSettings,
+                             "a gradmidi.SpikeSettings")):
+        if given[name] is not None and not isinstance(given[name], kind):
+            raise GradmidiError(f"{name} must be {what}, not {given[name]!r}")
+    sinks = given["sinks"]
+    if sinks is not None and (not isinstance(sinks, (list, tuple)) or not all(isinstance(s, Sink) for s in sinks)):
+        raise GradmidiError(f"sinks must be a list of gradmidi.Sink, not {sinks!r}")
+
+
 def _live_sinks(live, api, soundfont, latency) -> list[Sink]:
     """live=: 'synth[:DRIVER]', 'virtual[:NAME]', a port name (or part of one), a Sink, or a list."""
     if live is None:
@@ -428,11 +455,13 @@ _hooks_installed = False
 
 
 def _install_exit_hooks(son: Sonifier) -> None:
-    """atexit closes every open Sonifier; SIGINT marks them interrupted, then acts as before.
+    """atexit closes every open Sonifier; SIGINT and SIGTERM mark them interrupted, then act as before.
 
-    The SIGINT handler does no closing itself (it may run while the training thread holds
-    the queue's lock): the KeyboardInterrupt it leads to unwinds through ``with`` blocks,
-    and atexit closes whatever is still open.
+    The handlers do no closing themselves (they may run while the training thread holds the
+    queue's lock): SIGINT's KeyboardInterrupt, or SIGTERM's SystemExit (exit status 143, where
+    SIGTERM had its default action, which would skip atexit and leave the file up to 2 s old),
+    unwinds through ``with`` blocks, and atexit closes whatever is still open. A handler set
+    before gradmidi's is called instead; an ignored SIGTERM stays ignored.
     """
     global _hooks_installed
     _LIVE.add(son)
@@ -441,22 +470,39 @@ def _install_exit_hooks(son: Sonifier) -> None:
     _hooks_installed = True
     atexit.register(_close_all)
     if threading.current_thread() is threading.main_thread():
-        previous = signal.getsignal(signal.SIGINT)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous = signal.getsignal(signum)
+            if previous == signal.SIG_IGN or previous is None:  # ignored, or set outside Python: leave it
+                continue
+            try:
+                signal.signal(signum, _on_signal(previous))
+            except ValueError:  # not the main interpreter thread after all
+                break
 
-        def on_sigint(signum, frame):
-            for live in list(_LIVE):
-                live._interrupted = True
-            if callable(previous):
-                previous(signum, frame)
-            elif previous == signal.SIG_DFL:
-                signal.default_int_handler(signum, frame)
 
-        try:
-            signal.signal(signal.SIGINT, on_sigint)
-        except ValueError:  # not the main interpreter thread after all
-            pass
+def _on_signal(previous):
+    def handler(signum, frame):
+        for live in list(_LIVE):
+            live._interrupted = True
+        if callable(previous):
+            previous(signum, frame)
+        elif signum == signal.SIGINT:
+            signal.default_int_handler(signum, frame)
+        elif _closing or any(live._closed for live in list(_LIVE)):
+            global _pending_exit  # a close is under way: let it finish, then exit (Sonifier.close)
+            _pending_exit = 128 + signum
+        else:
+            raise SystemExit(128 + signum)
+
+    return handler
+
+
+_closing = False  # atexit is closing everything
+_pending_exit: int | None = None  # a SIGTERM came while a close was under way
 
 
 def _close_all() -> None:
+    global _closing
+    _closing = True
     for son in list(_LIVE):
         son.close()

@@ -34,8 +34,12 @@ def plan_voices(
     max_voices: int = MAX_VOICES,
 ) -> tuple[tuple[Voice, ...], np.ndarray]:
     """Voices for ``layers`` (name, module class name) and each layer's voice index (-1: unsounded)."""
-    if not 1 <= max_voices <= MAX_VOICES:
-        raise GradmidiError(f"max_voices must be 1-{MAX_VOICES}: channel 10 is for drums")
+    if isinstance(max_voices, bool) or not isinstance(max_voices, int) or not 1 <= max_voices <= MAX_VOICES:
+        raise GradmidiError(f"max_voices must be 1-{MAX_VOICES}: channel 10 is for drums (not {max_voices!r})")
+    if voices is not None and (isinstance(voices, str) or not isinstance(voices, (Sequence, MappingABC))):
+        raise GradmidiError(f"voices must be a list of layer patterns or {{name: patterns}}, not {voices!r}")
+    if programs is not None and not isinstance(programs, MappingABC):
+        raise GradmidiError(f"programs must be {{voice or layer pattern: GM program name or 0-127}}, not {programs!r}")
     if not layers:
         raise GradmidiError("the model has no parameters to listen to")
     names = [name or ROOT_NAME for name, _ in layers]

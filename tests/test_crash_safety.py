@@ -14,6 +14,7 @@ import mido
 import pytest
 
 import gradmidi
+from reliabilitykit import child_env, default_signals
 
 TRAINER = textwrap.dedent(
     """
@@ -52,6 +53,7 @@ def _start(tmp_path: Path, mode: str) -> tuple[subprocess.Popen, Path]:
     proc = subprocess.Popen(
         [sys.executable, str(script), str(path), mode],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+        env=child_env(), preexec_fn=default_signals,  # the gradmidi under test; SIGINT as in a terminal
     )
     return proc, path
 

@@ -22,6 +22,7 @@ from gradmidi.outputs import PortOutput, SynthOutput
 from gradmidi.sinks.base import Sink
 from gradmidi.sinks.live import LiveSink
 from jackkit import FluidSynthListener, JackServer, MidiRecorder
+from reliabilitykit import child_env, default_signals, record
 
 ONSET_TOLERANCE = 0.010  # seconds: the JACK dummy period (128 frames, 2.9 ms) plus FluidSynth's block
 
@@ -112,6 +113,8 @@ def test_port_lost_mid_run_stops_the_live_sink_and_training_and_file_go_on(jack,
     gone = [str(w.message) for w in caught if "is gone" in str(w.message)]
     assert len(gone) == 1 and "training and the other sinks go on" in gone[0]  # one warning
     assert gradmidi.read_score(tmp_path / "run.mid").summary()["steps"] == 50
+    record("live synth killed mid-run (FluidSynth on JACK)", 1,
+           "one warning, live output stopped, training and the file went on (all 50 steps in the score)")
 
 
 def test_no_midi_system_is_a_clear_error(monkeypatch):
@@ -205,19 +208,21 @@ TRAINER = textwrap.dedent(
 )
 
 
-def test_sigint_ends_every_note_and_sends_all_notes_off(jack, recorder, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_sigint_and_sigterm_end_every_note_and_send_all_notes_off(jack, recorder, tmp_path, sig):
     script = tmp_path / "trainer.py"
     script.write_text(TRAINER)
     proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "run.mid"), recorder.name],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+                            env=child_env(), preexec_fn=default_signals)
     try:
         for _ in range(30):
             proc.stdout.readline()
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=30)
     finally:
         proc.kill()
-    assert "KeyboardInterrupt" in err
+    assert "KeyboardInterrupt" in err if sig == signal.SIGINT else proc.returncode == 143
     time.sleep(0.2)
     messages = [m for _, m in recorder.messages]
     sounding = set()
@@ -232,6 +237,8 @@ def test_sigint_ends_every_note_and_sends_all_notes_off(jack, recorder, tmp_path
     for channel in (0, 1, 9):
         assert bytes([0xB0 | channel, 123, 0]) in tail and bytes([0xB0 | channel, 120, 0]) in tail
     assert gradmidi.read_score(tmp_path / "run.mid").summary()["markers"][-1][1] == "interrupted"
+    record(f"{signal.Signals(sig).name} with a live port (JACK)", 1,
+           "every sounding note ended, All Notes Off and All Sound Off on every channel used")
 
 
 def test_in_process_synth_plays_through_a_real_audio_driver(tmp_path):

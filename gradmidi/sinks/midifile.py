@@ -43,6 +43,7 @@ class MidiFileSink(Sink):
             raise GradmidiError(f"folder {self.path.parent} does not exist")
         if self.path.exists() and not is_gradmidi_score(self.path):
             raise GradmidiError(f"{self.path} exists and is not a gradmidi score; refusing to overwrite it")
+        _check_writable(self.path)
         self.flush_interval = flush_interval
         self.epoch_downbeat = epoch_downbeat
         self._tracks: list[TrackSpool] = []
@@ -171,6 +172,17 @@ class MidiFileSink(Sink):
         for track in self._tracks:
             track.close()
         self._tracks = []
+
+
+def _check_writable(path: Path) -> None:
+    """Refuses, before training begins, a folder the score cannot be written into (read-only,
+    no permission): later, a failed flush only stops this sink, with a warning."""
+    probe = path.with_name(f".{path.name}.{os.getpid()}.probe")
+    try:
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise GradmidiError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def is_gradmidi_score(path: Path) -> bool:
