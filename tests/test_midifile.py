@@ -335,3 +335,13 @@ def test_vectorised_track_encoding_equals_event_by_event_encoding(events, last_t
     data = np.array([e for _, e in events], dtype=np.uint8)
     expected = b"".join(vlq(int(d)) + bytes(e) for d, e in zip(deltas, data))
     assert encode_block(last_tick + np.cumsum(deltas), data, last_tick) == expected
+
+
+def test_aggregate_last_over_logged_steps_takes_each_voices_last_present_value():
+    from gradmidi.pipeline import _aggregate
+
+    rows = np.array([[1.0, 5.0, 2.0], [3.0, np.nan, 4.0], [2.0, 7.0, 9.0]])
+    present = np.array([[True, True, True], [True, True, False], [False, False, False]])
+    # voice 0: its last present step is the second; voice 1's NaN step alarms the slot; voice 2: the first
+    np.testing.assert_array_equal(_aggregate(rows, present, "last"), [3.0, np.nan, 2.0])
+    assert np.isnan(_aggregate(rows, np.zeros_like(present), "last")).all()
