@@ -29,7 +29,7 @@ from .base import Sink
 DRUM_VELOCITY = 110
 EPOCH_VELOCITY = 45
 BLOCK_SLOTS = 4096  # slots of notes held before they are encoded into the track spools
-FLUSH_SHARE = 0.02  # a flush may take at most this share of the time between flushes
+FLUSH_SHARE = 0.015  # a flush may cost at most this share of a core (its CPU time over the interval)
 
 
 class MidiFileSink(Sink):
@@ -143,7 +143,7 @@ class MidiFileSink(Sink):
             self._tracks[1 + v.index].add_block(ticks, events)
 
     def tick(self) -> None:
-        # A huge score's rewrite takes a while: space flushes out so they cost under 2 % of a core.
+        # A huge score's rewrite takes a while: space flushes out so they cost at most 1.5 % of a core.
         interval = max(self.flush_interval, self._flush_seconds / FLUSH_SHARE)
         if time.monotonic() - self._last_flush >= interval:
             self.flush()
