@@ -111,6 +111,12 @@ class NormCapture:
         # FSDP2: (the sharding group, each parameter's weight: 1 if sharded over it, else 1/size)
         self._sharding = _sharding(self._params)
 
+    def release(self) -> None:
+        """Drops the process group and cached plans: a group still referenced when the interpreter
+        shuts down is destroyed too late (gloo then aborts the process at exit)."""
+        self._sharding = None
+        self._plans.clear()
+
     @property
     def reduces(self) -> bool:
         """Whether each step runs an all-reduce (sharded parameters): every rank must launch."""

@@ -312,6 +312,7 @@ class Sonifier:
             self._closed = True
             while self._in_flight:
                 self._in_flight.popleft().wait()
+            self._capture.release()
             return
         with self._close_lock:
             if self._closed:
@@ -324,6 +325,7 @@ class Sonifier:
             self._closed = True
         self._queue.put(None)
         self._worker.join()
+        self._capture.release()
         self._sinks.close()
         _LIVE.discard(self)
         if self.audio is not None:

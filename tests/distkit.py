@@ -10,6 +10,7 @@ handed its sinks next to a single-process reference run on the same global batch
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -198,6 +199,7 @@ def main() -> None:
                                              sonifier_first=True)
     else:  # a (replicate, shard) mesh: the norms are right only if just the shard dimension is reduced
         results["hsdp"] = run_scenario("hsdp", rank, world, out, depth=3, wrap="hsdp", steps=3)
+    gc.collect()  # models and meshes in reference cycles hold process groups: free them while torch is alive
     dist.destroy_process_group()
     results["seconds"] = time.perf_counter() - started
     (out / f"rank-{rank}.json").write_text(json.dumps(results))
