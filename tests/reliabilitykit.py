@@ -93,3 +93,17 @@ def child_env(**extra) -> dict:
     root = str(Path(gradmidi.__file__).resolve().parents[1])
     paths = [root, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     return {**os.environ, "PYTHONPATH": os.pathsep.join(paths), **extra}
+
+
+def train_steps(son, model, steps: int, pause: float = 0.0) -> None:
+    """A tiny model's training steps in this process (inputs of width 8), each sounded."""
+    import time
+
+    import torch
+
+    for _ in range(steps):
+        model.zero_grad()
+        model(torch.randn(4, 8)).pow(2).mean().backward()
+        son.step()
+        if pause:
+            time.sleep(pause)

@@ -17,11 +17,10 @@ from pathlib import Path
 
 import mido
 import pytest
-import torch
 import torch.nn as nn
 
 import gradmidi
-from reliabilitykit import FULL, TRAINER, child_env, default_signals, record, scale, trainer_command
+from reliabilitykit import FULL, TRAINER, child_env, default_signals, record, scale, trainer_command, train_steps
 
 FLUSH = 2.0  # the default flush interval
 SLACK = 1.0  # the worker's batching and a loaded machine, on top of the flush interval
@@ -160,15 +159,6 @@ def test_sigterm_handler_set_before_gradmidi_is_kept(tmp_path):
     assert gradmidi.read_score(tmp_path / "run.mid").summary()["markers"][-1][1] == "interrupted"
 
 
-def _train_in_process(son, model, steps: int, pause: float = 0.0) -> None:
-    for _ in range(steps):
-        model.zero_grad()
-        model(torch.randn(4, 8)).pow(2).mean().backward()
-        son.step()
-        if pause:
-            time.sleep(pause)
-
-
 def test_output_folder_deleted_mid_run_gives_one_warning_and_training_goes_on(tmp_path):
     trials = scale(1, 5)
     for trial in range(trials):
@@ -178,9 +168,9 @@ def test_output_folder_deleted_mid_run_gives_one_warning_and_training_goes_on(tm
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             with gradmidi.Sonifier(model, folder / "run.mid", flush_interval=0.05) as son:
-                _train_in_process(son, model, 20, pause=0.01)
+                train_steps(son, model, 20, pause=0.01)
                 shutil.rmtree(folder)
-                _train_in_process(son, model, 40, pause=0.01)
+                train_steps(son, model, 40, pause=0.01)
         assert son.steps == 60 and son.dropped == 0  # every step went through; only the file stopped
         messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
         assert len(messages) == 1 and "midi file stopped" in messages[0], messages

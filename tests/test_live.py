@@ -22,7 +22,7 @@ from gradmidi.outputs import PortOutput, SynthOutput
 from gradmidi.sinks.base import Sink
 from gradmidi.sinks.live import LiveSink
 from jackkit import FluidSynthListener, JackServer, MidiRecorder
-from reliabilitykit import child_env, default_signals, record
+from reliabilitykit import child_env, default_signals, record, train_steps
 
 ONSET_TOLERANCE = 0.010  # seconds: the JACK dummy period (128 frames, 2.9 ms) plus FluidSynth's block
 
@@ -42,13 +42,7 @@ def recorder(jack):
 
 
 def train(son, steps: int, pause: float = 0.0, model=None) -> None:
-    model = model or son._test_model
-    for _ in range(steps):
-        model.zero_grad()
-        model(torch.randn(4, 8)).pow(2).mean().backward()
-        son.step()
-        if pause:
-            time.sleep(pause)
+    train_steps(son, model or son._test_model, steps, pause)
 
 
 def tiny_model() -> nn.Module:

@@ -1,26 +1,24 @@
-"""What the framework callbacks share: options for rank zero and the others, and a default path."""
+"""What the framework callbacks share: the default score path, and lazy framework imports."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 from ..errors import GradmidiError
 
-# Options that make a Sonifier write, play or serve: only global rank zero keeps them.
-OUTPUT_OPTIONS = ("live", "audio", "sinks", "serve", "serve_public", "serve_token")
 SCORE_NAME = "gradmidi.mid"
 
 
-def options_for_rank(options: dict[str, Any], path, is_rank_zero: bool, default_dir) -> dict[str, Any]:
-    """Sonifier keyword arguments for this process; the others compute (if they must) but say nothing."""
-    if not is_rank_zero:
-        return {k: v for k, v in options.items() if k not in OUTPUT_OPTIONS} | {"path": None}
+def score_path(path, default_dir) -> str:
+    """The score's path: the one given, or ``gradmidi.mid`` in the framework's log folder.
+
+    Every rank gets the same options: the Sonifier itself lets only global rank zero write,
+    play or serve.
+    """
     if path is None:
         path = Path(default_dir or ".") / SCORE_NAME
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    return dict(options) | {"path": os.fspath(path)}
+    return os.fspath(path)
 
 
 def require(module: str, extra: str):

@@ -8,10 +8,11 @@ Lightning clips them. So one slot is one optimizer step, and you hear the norms 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from ..sonifier import Sonifier
-from ._common import options_for_rank, require
+from ._common import require, score_path
 
 try:  # the unified package; the standalone pytorch_lightning has the same API
     import lightning.pytorch as L
@@ -35,10 +36,11 @@ class SonifyCallback(L.Callback):
         self._loss = None
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        options = options_for_rank(self.options, self.path, trainer.is_global_zero,
-                                   trainer.log_dir or trainer.default_root_dir)
+        path = score_path(self.path, trainer.log_dir or trainer.default_root_dir)
+        if trainer.is_global_zero:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
         # The LightningModule itself, not the strategy's wrapper: layer names without "module.".
-        self.sonifier = Sonifier(pl_module, options.pop("path"), title=type(pl_module).__name__, **options)
+        self.sonifier = Sonifier(pl_module, path, title=type(pl_module).__name__, **self.options)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         if self.sonifier is not None:

@@ -12,10 +12,11 @@ step at which it is logged.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from ..sonifier import CapturedStep, Sonifier
-from ._common import options_for_rank, require
+from ._common import require, score_path
 
 transformers = require("transformers", "transformers")
 
@@ -33,8 +34,10 @@ class SonifyCallback(transformers.TrainerCallback):
         self._held: CapturedStep | None = None
 
     def on_train_begin(self, args, state, control, model=None, **kwargs) -> None:
-        options = options_for_rank(self.options, self.path, state.is_world_process_zero, args.output_dir)
-        self.sonifier = Sonifier(model, options.pop("path"), title=type(model).__name__, **options)
+        path = score_path(self.path, args.output_dir)
+        if state.is_world_process_zero:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.sonifier = Sonifier(model, path, title=type(model).__name__, **self.options)
 
     def on_epoch_begin(self, args, state, control, **kwargs) -> None:
         if self.sonifier is not None:
