@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import fields as dataclasses_fields
 from pathlib import Path
 
 import click
@@ -415,21 +416,65 @@ class _nothing:
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Score to write.")
 @click.option("--tags", multiple=True, metavar="PATTERN",
               help="Glob over tag/name (repeatable); default: TensorBoard tags that look like gradient norms.")
-@click.option("--scale", default="minor_pentatonic", show_default=True)
-@click.option("--key", default="A", show_default=True)
-@click.option("--every", type=click.IntRange(1, 1_000_000), default=1, show_default=True,
-              help="Steps per slot (long logs).")
-def sonify(source, out, tags, scale, key, every) -> None:
+@click.option("--like", type=click.Path(path_type=Path), default=None,
+              help="Take the mapping, tempo, every, aggregate and spike settings from this score.")
+@click.option("--scale", default=None, help="Scale (default: minor_pentatonic, or --like's).")
+@click.option("--key", default=None, help="Key (default: A, or --like's).")
+@click.option("--bpm", type=click.FloatRange(20, 1200), default=None, help="Tempo (default: 120, or --like's).")
+@click.option("--every", type=click.IntRange(1, 1_000_000), default=None,
+              help="Steps per slot, for long logs (default: 1, or --like's).")
+@click.option("--aggregate", type=click.Choice(["max", "rms", "last"]), default=None,
+              help="How a slot's steps combine (default: max, or --like's).")
+@click.option("--spikes", default=None, metavar="NAME=VALUE,...",
+              help="Spike detection settings, as gradmidi.SpikeSettings fields: z=3,warmup=4.")
+def sonify(source, out, tags, like, scale, key, bpm, every, aggregate, spikes) -> None:
     """Turn a finished run's logs (TensorBoard, CSV or JSONL of step, name, value) into a score."""
+    import dataclasses
+
+    from .clock import Clock
+    from .detect import SpikeSettings
+    from .mapping import Mapping
     from .replay import read_series, sonify_series
 
     if out.exists() and out.resolve() == source.resolve():
         raise GradmidiError(f"{out}: refusing to write the score over its source")
+    mapping, clock, settings, how = Mapping(), Clock(), SpikeSettings(), "max"
+    if like is not None:
+        from .scorefile import read_score
+
+        header = read_score(like).header
+        mapping, clock, how = header.mapping, header.clock, header.info.get("aggregate", "max")
+        stored = header.info.get("spikes")
+        if isinstance(stored, dict):  # written by Sonifier: "inf" stands for math.inf
+            settings = SpikeSettings(**{k: float(v) if isinstance(v, str) else v for k, v in stored.items()
+                                        if k in {f.name for f in dataclasses_fields(SpikeSettings)}})
+    mapping = dataclasses.replace(mapping, **{k: v for k, v in (("scale", scale), ("key", key)) if v is not None})
+    clock = dataclasses.replace(clock, **{k: v for k, v in (("bpm", bpm), ("every", every)) if v is not None})
+    if spikes:
+        settings = dataclasses.replace(settings, **_settings_text(spikes, SpikeSettings))
     series = read_series(source, list(tags) or None)
-    steps = sonify_series(series, out, title=source.name, scale=scale, key=key, every=every)
+    steps = sonify_series(series, out, title=source.name, mapping=mapping, clock=clock, aggregate=aggregate or how,
+                          spikes=settings)
     for note in series.notes():
         click.echo(f"note: {note}", err=True)
     click.echo(f"{out}: {steps} steps, {len(series.values)} voices from {source}", err=True)
+
+
+def _settings_text(text: str, kind) -> dict:
+    """'z=3,warmup=4' -> {'z': 3.0, 'warmup': 4}, typed as ``kind``'s fields; one-line errors."""
+    fields = {f.name: f for f in dataclasses_fields(kind)}
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        name = name.strip()
+        if not sep or name not in fields:
+            raise GradmidiError(f"--spikes: expected NAME=VALUE with NAME one of {', '.join(fields)}, not {part!r}")
+        default = getattr(kind, name)
+        try:
+            out[name] = int(value) if isinstance(default, int) else float(value)
+        except ValueError:
+            raise GradmidiError(f"--spikes: {name} must be a number, not {value.strip()!r}") from None
+    return out
 
 
 @cli.command()

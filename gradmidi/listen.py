@@ -1,9 +1,10 @@
 """Listening to a run served elsewhere (``gradmidi listen HOST:PORT``).
 
-The stream's slots go through the same sinks a local run uses: ``LiveSink`` (the scheduler that
-plays local live output, backlog folded to its latency) and ``MidiFileSink`` for ``--save``, so
-the saved file is a normal gradmidi score. A dropped stream is reconnected with backoff; the same
-run continues in the same file, a new run (the trainer restarted) starts a new one.
+A served run is a source of the same score session a local run uses: its slots go to the same
+sinks (the live scheduler, backlog folded to its latency, and the .mid writer for ``--save``),
+so what is heard and saved is what the run's own outputs play. A dropped stream is reconnected
+with backoff; the same run continues in the same file, a new run (the trainer restarted) starts
+a new one.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
 from .errors import GradmidiError
+from .outputs import Output
 from .score import ScoreHeader, Slot
-from .sinks.base import Sink, SinkFanout
+from .session import ScoreSession
+from .sinks.base import Sink
+from .sinks.factory import build_sinks
 from .sinks.live import LiveSink
-from .sinks.midifile import MidiFileSink
 from .wire import MAX_SERVER_FRAME, PROTOCOL, FrameDecoder, FrameError, encode, parse_address, slot_from_message
 
 CONNECT_SECONDS = 10.0
@@ -43,7 +44,7 @@ class Listener:
         self,
         address: str,
         *,
-        open_output: Callable[[], object] | None = None,
+        open_output: Callable[[], Output] | None = None,
         save: str | Path | None = None,
         token: str | None = None,
         max_latency: float = 0.5,
@@ -61,15 +62,12 @@ class Listener:
         self.saved: list[Path] = []
         self.slots = 0
         self.gaps = 0
-        self._output = open_output() if open_output else None  # a missing port fails before connecting
-        self._file = MidiFileSink(self.save) if self.save else None  # ... and so does a bad --save
-        self._sinks: SinkFanout | None = None
-        self._live: LiveSink | None = None
+        self._session: ScoreSession | None = None
+        self._output: Output | None = None
+        self._sinks = self._make_sinks(self.save)  # a missing port or a bad --save fails before connecting
         self._run: str | None = None
         self._header: ScoreHeader | None = None
         self._offset: int | None = None
-        self._range: tuple[float, float] | None = None
-        self._pending_range: tuple[float, float] | None = None
         self._last_index = -1
 
     # -- the session ------------------------------------------------------------------------
@@ -89,20 +87,31 @@ class Listener:
                     self.say(f"stream dropped ({_reason(exc)})")
                 sock, decoder, welcome = self._reconnect()
         except KeyboardInterrupt:
-            if self._live is not None:
-                self._live.hush()  # the music stops now, the file keeps what was heard
+            if self._session is not None:
+                self._session.interrupt()  # the music stops now, the file keeps what was heard
             raise
         finally:
             self.close()
 
     def close(self) -> None:
         """Silences the output and completes the saved file (also on Ctrl-C)."""
-        if self._sinks is not None:
-            self._sinks.close()
-            self._sinks = None
-        elif self._output is not None:
+        if self._session is not None:
+            self._session.close()  # closes the output too
+            self._session = None
+        elif self._output is not None:  # made, never played
             self._output.close()
         self._output = None
+        self._sinks = []
+
+    def _make_sinks(self, save: Path | None) -> list[Sink]:
+        self._output = self.open_output() if self.open_output else None
+        live = LiveSink(self._output, max_latency=self.max_latency) if self._output is not None else None
+        try:
+            return build_sinks(path=save, live=live).sinks
+        except BaseException:
+            if self._output is not None:
+                self._output.close()
+            raise
 
     def _connect(self, first: bool = False):
         where = f"{self.host}:{self.port}"
@@ -175,8 +184,8 @@ class Listener:
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
             time.sleep(min(left, 0.5))
-            if self._sinks is not None:
-                self._sinks.tick()
+            if self._session is not None:
+                self._session.tick()
 
     # -- one connection ---------------------------------------------------------------------
     def _welcome(self, welcome: dict) -> None:
@@ -187,18 +196,13 @@ class Listener:
         else:
             if self._run is not None:  # the trainer restarted: a new score
                 self.close()
-                self._output = self.open_output() if self.open_output else None
-                self._file = MidiFileSink(self._numbered(len(self.saved) + 1)) if self.save else None
+                self._sinks = self._make_sinks(self._numbered(len(self.saved) + 1) if self.save else None)
             self._run = welcome["run"]
             self._header = header
             self._offset = None
             self._last_index = -1
-            lo, hi = header.mapping.norm_range
-            self._range = (float(np.log10(lo)), float(np.log10(hi)))
             self.say(f"listening to {header.title} on {self.host}:{self.port}: {len(header.voices)} voices ({names}), "
                      f"{header.clock.bpm:g} bpm")
-        log_range = welcome.get("log_range")
-        self._pending_range = tuple(float(x) for x in log_range) if log_range else None
 
     def _stream(self, sock: socket.socket, decoder: FrameDecoder, queued: list[dict]) -> bool:
         """Feeds slots to the sinks until ``end`` (True) or the stream breaks (an exception)."""
@@ -213,8 +217,8 @@ class Listener:
                     return True
                 elif kind == "refused":
                     raise Refused(f"{self.host}:{self.port} refused this listener: {message.get('reason')}")
-            if self._sinks is not None:
-                self._sinks.tick()
+            if self._session is not None:
+                self._session.tick()
             try:
                 data = sock.recv(65536)
             except socket.timeout:
@@ -237,27 +241,16 @@ class Listener:
         if slot.index > self._last_index + 1 and self._last_index >= 0:
             self.gaps += 1
         self._last_index = slot.index
-        if slot.log_range is None and self._pending_range is not None and self._pending_range != self._range:
-            slot.log_range = self._pending_range  # the adaptive range moved while we were away
-        self._pending_range = None
-        if slot.log_range is not None:
-            self._range = tuple(slot.log_range)
         self.slots += 1
-        self._sinks.emit(slot)
+        self._session.add_slot(slot)
 
     def _open_sinks(self, first: Slot) -> None:
         header = self._header
         first_step = int(header.info.get("first_step", 0)) + first.index * header.clock.every
         header = dataclasses.replace(header, info={**header.info, "first_step": first_step})
-        sinks: list[Sink] = []
-        if self._output is not None:
-            self._live = LiveSink(self._output, max_latency=self.max_latency)
-            sinks.append(self._live)
-        if self._file is not None:
-            sinks.append(self._file)
-            self.saved.append(self._file.path)
-        self._sinks = SinkFanout(sinks)
-        self._sinks.open(header)
+        if self.save is not None:
+            self.saved.append(self._numbered(len(self.saved) + 1))
+        self._session = ScoreSession(header, self._sinks)
 
     def _numbered(self, n: int) -> Path:
         return self.save if n == 1 else self.save.with_name(f"{self.save.stem}-{n}{self.save.suffix}")

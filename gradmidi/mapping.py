@@ -146,11 +146,7 @@ class PitchMapper:
         return norms_to_pitches(norms, self.log_range, self.mapping, self._notes)
 
     def velocities(self, pitches: np.ndarray) -> np.ndarray:
-        vel = self.mapping.velocity
-        if vel == "norm":
-            span = max(self.mapping.high_note - self.mapping.low_note, 1)
-            return np.clip(40 + (pitches - self.mapping.low_note) * 80 // span, 1, 127).astype(np.int64)
-        return np.full(pitches.shape, int(vel), dtype=np.int64)
+        return pitches_to_velocities(pitches, self.mapping)
 
     def observe(self, norms: np.ndarray) -> tuple[float, float] | None:
         """Feed a step's norms; returns the new log range when the adaptive range moves."""
@@ -196,6 +192,15 @@ def norms_to_pitches(
     else:
         chosen = notes[idx]
     return np.where(valid, chosen, -1).astype(np.int64)
+
+
+def pitches_to_velocities(pitches: np.ndarray, mapping: Mapping) -> np.ndarray:
+    """Note velocities: the mapping's fixed one, or louder for higher notes (``velocity="norm"``)."""
+    pitches = np.asarray(pitches)
+    if mapping.velocity == "norm":
+        span = max(mapping.high_note - mapping.low_note, 1)
+        return np.clip(40 + (pitches - mapping.low_note) * 80 // span, 1, 127).astype(np.int64)
+    return np.full(pitches.shape, int(mapping.velocity), dtype=np.int64)
 
 
 def pitches_to_norms(pitches: np.ndarray, log_range: tuple[float, float], mapping: Mapping) -> np.ndarray:

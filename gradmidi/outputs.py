@@ -1,6 +1,9 @@
-"""Where live MIDI goes: output ports and virtual ports (python-rtmidi), or an in-process synth.
+"""Where live MIDI goes: output ports and virtual ports (python-rtmidi), an in-process synth, memory.
 
-Each output takes raw MIDI bytes. The MIDI API is the ``api`` argument, else the API named
+Every output shares one protocol, as mido's ports do: ``send(message)`` takes raw MIDI bytes,
+``panic()`` silences whatever it left sounding, ``alive()`` says whether its destination still
+exists, ``close()`` lets go of it. ``BaseOutput`` keeps the one tracker of sounding notes that
+panic needs, so no caller tracks notes itself; ``MemoryOutput`` records what it is sent, for tests. The MIDI API is the ``api`` argument, else the API named
 in mido's ``MIDO_BACKEND`` (``mido.backends.rtmidi/UNIX_JACK``), else the platform default.
 Nothing here opens the MIDI system at import time.
 """
@@ -9,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from .errors import GradmidiError
 
@@ -72,10 +77,95 @@ def list_output_ports(api: str | None = None) -> list[str]:
         out.delete()
 
 
-class PortOutput:
+@runtime_checkable
+class Output(Protocol):
+    """What live playback sends to."""
+
+    name: str
+
+    def send(self, message: bytes) -> None: ...
+
+    def panic(self) -> None: ...
+
+    def alive(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+class BaseOutput:
+    """An output that knows what it left sounding: subclasses write ``_write`` (and may override
+    ``alive`` and ``_release``); ``panic`` and ``close`` silence every note and channel used."""
+
+    name = "output"
+
+    def __init__(self) -> None:
+        self._sounding: set[tuple[int, int]] = set()
+        self._channels: set[int] = set()
+        self._closed = False
+
+    def send(self, message: bytes) -> None:
+        status = message[0] & 0xF0
+        if status < 0xF0:
+            channel = message[0] & 0x0F
+            self._channels.add(channel)
+            if status == 0x90 and message[2]:
+                self._sounding.add((channel, message[1]))
+            elif status in (0x80, 0x90):
+                self._sounding.discard((channel, message[1]))
+        self._write(message)
+
+    def panic(self) -> None:
+        """Note-off for every sounding note, then All Notes Off (CC 123) and All Sound Off (CC 120)
+        on every channel used: what playback sends when it stops, however it stops."""
+        for message in silence_messages(self._sounding, self._channels):
+            self._write(message)
+        self._sounding.clear()
+
+    @property
+    def sounding(self) -> frozenset[tuple[int, int]]:
+        """(channel, key) of the notes on now."""
+        return frozenset(self._sounding)
+
+    def alive(self) -> bool:
+        return not self._closed
+
+    def close(self) -> None:
+        """Silences, then lets go of the destination; safe to call twice."""
+        if self._closed:
+            return
+        try:
+            self.panic()
+        finally:
+            self._closed = True
+            self._release()
+
+    def _write(self, message: bytes) -> None:
+        raise NotImplementedError
+
+    def _release(self) -> None:
+        """Lets go of the port or synth."""
+
+
+class MemoryOutput(BaseOutput):
+    """Records every message with its monotonic time, as mido's ``EchoPort`` keeps them: for tests
+    and for tools that want the live stream as data."""
+
+    def __init__(self, name: str = "memory") -> None:
+        super().__init__()
+        self.name = name
+        self.messages: list[tuple[float, bytes]] = []
+        self._lock = threading.Lock()
+
+    def _write(self, message: bytes) -> None:
+        with self._lock:
+            self.messages.append((time.monotonic(), bytes(message)))
+
+
+class PortOutput(BaseOutput):
     """An rtmidi output: connected to an existing port, or a virtual port others connect to."""
 
     def __init__(self, name: str, api: str | None = None, virtual: bool = False) -> None:
+        super().__init__()
         self._out = _midi_out(api)
         self.virtual = virtual
         if virtual:
@@ -97,11 +187,13 @@ class PortOutput:
             self.name = ports[matches[0]]
         self._api = api
 
-    def send(self, message: bytes) -> None:
+    def _write(self, message: bytes) -> None:
         self._out.send_message(message)
 
     def alive(self) -> bool:
         """False once the port we connected to has gone (its synth quit, its device was unplugged)."""
+        if self._closed:
+            return False
         if self.virtual:
             return True
         try:
@@ -109,7 +201,7 @@ class PortOutput:
         except Exception:
             return False
 
-    def close(self) -> None:
+    def _release(self) -> None:
         # rtmidi queues messages for the MIDI system (JACK sends them on its next cycle) and has
         # no flush: closing at once can drop the final All Sound Off. Give the queue time to drain.
         time.sleep(CLOSE_GRACE_SECONDS)
@@ -117,10 +209,11 @@ class PortOutput:
         self._out.delete()
 
 
-class SynthOutput:
+class SynthOutput(BaseOutput):
     """FluidSynth in this process, playing through a real audio driver (pulseaudio, alsa, jack, ...)."""
 
     def __init__(self, soundfont=None, driver: str | None = None, **settings) -> None:
+        super().__init__()
         from .fonts import resolve_soundfont
         from .render import load_fluidsynth
 
@@ -144,7 +237,7 @@ class SynthOutput:
         self._driver = handle
         self.name = f"FluidSynth ({driver})"
 
-    def send(self, message: bytes) -> None:
+    def _write(self, message: bytes) -> None:
         kind, channel = message[0] & 0xF0, message[0] & 0x0F
         handle = self.synth.synth
         if kind == 0x90 and message[2]:
@@ -156,22 +249,18 @@ class SynthOutput:
         elif kind == 0xC0:
             self._fs.fluid_synth_program_change(handle, channel, message[1])
 
-    def alive(self) -> bool:
-        return True
-
-    def close(self) -> None:
+    def _release(self) -> None:
         self._fs.delete_fluid_audio_driver(self._driver)
         self.synth.delete()
 
 
 def silence_messages(sounding: set[tuple[int, int]], channels: set[int]) -> list[bytes]:
-    """Note-off for every sounding (channel, key), then All Notes Off (CC 123) and All Sound Off
-    (CC 120) on every channel used: what live playback sends when it stops, however it stops."""
+    """Note-offs for the sounding (channel, key), then CC 123 and CC 120 on every channel used."""
     offs = [bytes([0x80 | channel, key, 0]) for channel, key in sorted(sounding)]
     return offs + [bytes([0xB0 | ch, cc, 0]) for ch in sorted(channels) for cc in (123, 120)]
 
 
-def open_output(spec: str, api: str | None = None, soundfont=None):
+def open_output(spec: str, api: str | None = None, soundfont=None) -> BaseOutput:
     """'synth[:DRIVER]', 'virtual[:NAME]', or a port name (or a part of one, 'port:NAME')."""
     kind, _, arg = spec.partition(":")
     if kind == "synth":

@@ -1,15 +1,18 @@
-"""Host values -> slots: voice norms, aggregation over ``every`` steps, events, notes.
+"""Host values -> slots: voice norms, aggregation over ``every`` steps, events, pitches.
 
-Shared by live runs and replayed logs: it sees numpy arrays only.
+The score session's builder: it sees numpy arrays only. ``merge_slots`` folds finished slots
+with the same aggregation, so a live output catching up plays what a coarser grid would have.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from collections.abc import Sequence
+
 from .detect import Detector, SpikeSettings
 from .errors import GradmidiError
-from .mapping import PitchMapper
+from .mapping import Mapping, PitchMapper, norms_to_pitches, pitches_to_velocities
 from .score import Event, ScoreHeader, Slot
 
 AGGREGATES = ("max", "rms", "last")
@@ -115,10 +118,12 @@ class ScoreBuilder:
 
     def _close_slot(self) -> Slot:
         if self._rows:
-            norms = _aggregate(np.vstack(self._rows), np.vstack(self._present), self.aggregate)
+            present = np.vstack(self._present)
+            norms = _aggregate(np.vstack(self._rows), present, self.aggregate)
+            counts = present.sum(axis=0)
         else:
-            norms = np.full(self.n_voices, np.nan)
-        new_range = self.mapper.observe(norms)
+            norms, counts = np.full(self.n_voices, np.nan), np.zeros(self.n_voices, dtype=np.int64)
+        self.mapper.observe(norms)
         pitches = self.mapper.pitches(norms)
         slot = Slot(
             index=self._slot,
@@ -127,22 +132,46 @@ class ScoreBuilder:
             norms=norms,
             pitches=pitches,
             velocities=self.mapper.velocities(pitches),
+            present=counts,
+            log_range=self.mapper.log_range,
             events=self._events,
             markers=self._markers,
-            log_range=new_range,
             loss=self._loss,
         )
         self._rows, self._present, self._events, self._markers, self._loss = [], [], [], [], None
         return slot
 
 
-def _aggregate(rows: np.ndarray, present: np.ndarray, how: str) -> np.ndarray:
-    """Per voice over a slot's steps: max, rms or last of the steps with a gradient.
+def merge_slots(slots: Sequence[Slot], how: str, mapping: Mapping) -> Slot:
+    """One slot standing for several consecutive ones, as if the builder had aggregated all their
+    steps: the norms by ``how`` (each slot weighted by its steps present), pitches at the newest
+    range, every event and marker kept."""
+    if len(slots) == 1:
+        return slots[0]
+    counts = np.vstack([s.present for s in slots])
+    norms = _aggregate(np.vstack([s.norms for s in slots]), counts, how)
+    log_range = slots[-1].log_range
+    pitches = norms_to_pitches(norms, log_range, mapping)
+    return Slot(
+        index=slots[0].index, first_step=slots[0].first_step, steps=sum(s.steps for s in slots), norms=norms,
+        pitches=pitches, velocities=pitches_to_velocities(pitches, mapping), present=counts.sum(axis=0),
+        log_range=log_range, events=[e for s in slots for e in s.events],
+        markers=[m for s in slots for m in s.markers], loss=next((s.loss for s in reversed(slots)
+                                                                  if s.loss is not None), None),
+    )
 
-    A NaN step makes the slot NaN and an Inf step makes it Inf: an alarm is never averaged away.
+
+def _aggregate(rows: np.ndarray, weights: np.ndarray, how: str) -> np.ndarray:
+    """Per voice over rows (steps, or slots weighted by their steps): max, rms or last of the rows
+    with a gradient (a weight above zero).
+
+    A NaN row makes the result NaN and an Inf row makes it Inf: an alarm is never averaged away.
     """
+    present = weights > 0
     if rows.shape[0] == 1:
-        return rows[0].copy()
+        out = rows[0].copy()
+        out[~present[0]] = np.nan
+        return out
     if how == "last":  # live runs capture only the last step; replayed logs may hold them all
         last = present.shape[0] - 1 - np.argmax(present[::-1], axis=0)
         out = rows[last, np.arange(rows.shape[1])]
@@ -153,7 +182,8 @@ def _aggregate(rows: np.ndarray, present: np.ndarray, how: str) -> np.ndarray:
         if how == "max":
             out = np.max(np.where(present, rows, -np.inf), axis=0)
         else:
-            out = np.sqrt(np.sum(np.square(values), axis=0) / np.maximum(present.sum(axis=0), 1))
+            w = np.where(present, weights, 0)
+            out = np.sqrt(np.sum(w * np.square(values), axis=0) / np.maximum(w.sum(axis=0), 1))
     out[np.any(present & np.isinf(rows), axis=0)] = np.inf
     out[np.any(present & np.isnan(rows), axis=0)] = np.nan
     out[~present.any(axis=0)] = np.nan

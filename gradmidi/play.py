@@ -6,14 +6,14 @@ import os
 import time
 from collections.abc import Callable
 
-from .outputs import silence_messages
+from .outputs import Output
 from .render import read_timeline
 from .smf import tempo_map, ticks_to_seconds
 
 TAIL_SECONDS = 1.0  # let the last notes ring before All Sound Off
 
 
-def play_score(path: str | os.PathLike, output, progress: Callable[[float, float], None] | None = None,
+def play_score(path: str | os.PathLike, output: Output, progress: Callable[[float, float], None] | None = None,
                timeline=None) -> float:
     """Sends every channel message of the score to ``output`` on time; returns the score's length."""
     timeline = timeline or read_timeline(path)
@@ -21,8 +21,6 @@ def play_score(path: str | os.PathLike, output, progress: Callable[[float, float
         ((tick, e) for track in timeline.tracks for tick, e in track if e[0] < 0xF0), key=lambda item: item[0]
     )
     seconds = ticks_to_seconds([t for t, _ in events], tempo_map(timeline.tracks), timeline.ticks_per_beat)
-    sounding: set[tuple[int, int]] = set()
-    channels = {e[0] & 0x0F for _, e in events}
     start = time.monotonic()
     last_report = 0.0
     try:
@@ -33,15 +31,9 @@ def play_score(path: str | os.PathLike, output, progress: Callable[[float, float
                     last_report = time.monotonic()
                     progress(last_report - start, timeline.seconds)
             output.send(message)
-            if message[0] & 0xF0 == 0x90 and message[2]:
-                sounding.add((message[0] & 0x0F, message[1]))
-            elif message[0] & 0xF0 in (0x80, 0x90):
-                sounding.discard((message[0] & 0x0F, message[1]))
         time.sleep(max(0.0, start + timeline.seconds + TAIL_SECONDS - time.monotonic()))
         if progress:
             progress(timeline.seconds, timeline.seconds)
     finally:  # also on Ctrl-C: nothing keeps sounding
-        for message in silence_messages(sounding, channels):
-            output.send(message)
         output.close()
     return timeline.seconds

@@ -1,6 +1,7 @@
 """Finished runs back into scores: TensorBoard event files, CSV and JSONL of (step, name, value).
 
-The values go through the same events, mapping and writer as a live run. TensorBoard logs are
+The values go through the same score session as a live run: the same aggregation over
+``every`` steps, the same events, mapping and writer. TensorBoard logs are
 read with TensorBoard's own reader, with no downsampling (scalars and tensor events). By
 default the tags that look like gradient norms are the voices: Lightning's ``grad_norm``
 (``grad_2.0_norm/...``) and Hugging Face's ``train/grad_norm``; ``tags`` picks any others.
@@ -19,12 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
+from . import __version__
 from .clock import Clock
+from .detect import SpikeSettings
 from .errors import GradmidiError
 from .mapping import Mapping
-from .pipeline import ScoreBuilder
-from .score import ScoreHeader
-from .sinks.midifile import MidiFileSink
+from .score import ScoreHeader, StepRecord
+from .session import ScoreSession
+from .sinks.factory import build_sinks
 from .voices import plan_voices
 
 DEFAULT_TAGS = re.compile(r"grad[^/]*norm", re.IGNORECASE)
@@ -171,25 +174,32 @@ def _tensor_value(proto):
     return tensor_util.make_ndarray(proto)
 
 
-def sonify_series(series: Series, out: str | os.PathLike, title: str = "replay", **mapping_options) -> int:
-    """Writes the score; returns the number of steps."""
+def sonify_series(
+    series: Series,
+    out: str | os.PathLike,
+    *,
+    title: str = "replay",
+    mapping: Mapping | None = None,
+    clock: Clock | None = None,
+    aggregate: str = "max",
+    spikes: SpikeSettings | None = None,
+) -> int:
+    """Writes the score through the same session a training run uses; returns the number of steps."""
     names = list(series.values)
     steps = sorted({s for values in series.values.values() for s in values})
     # The text after the last '/' (a layer or parameter name) hints the layer kind, and so the instrument.
     voices, assignment = plan_voices([(n, n.rsplit("/", 1)[-1]) for n in names])
-    clock_options = {k: mapping_options.pop(k) for k in ("bpm", "every") if k in mapping_options}
-    header = ScoreHeader(voices, Mapping(**mapping_options), Clock(**clock_options), title,
-                         {"first_step": steps[0], "source": "replay", "layers": names})
-    builder = ScoreBuilder(header, assignment, first_step=steps[0])
-    sink = MidiFileSink(out, flush_interval=math.inf)
-    sink.open(header)
+    header = ScoreHeader(voices, mapping or Mapping(), clock or Clock(), title,
+                         {"gradmidi": __version__, "first_step": steps[0], "source": "replay", "layers": names,
+                          "aggregate": aggregate})
+    sinks = build_sinks(path=out, flush_interval=math.inf).sinks
+    session = ScoreSession(header, sinks, assignment=assignment, aggregate=aggregate, spikes=spikes)
     columns = [series.values[n] for n in names]
-    for step in steps:
-        row = np.array([c.get(step, np.nan) for c in columns])
-        present = np.array([step in c for c in columns])
-        for slot in builder.add_step(step, row, present):
-            sink.emit(slot)
-    for slot in builder.finish():
-        sink.emit(slot)
-    sink.close()
+    try:
+        for step in steps:
+            norms = np.array([c.get(step, np.nan) for c in columns])
+            present = np.array([step in c for c in columns])
+            session.submit(StepRecord(step, norms, present))
+    finally:
+        session.close()
     return len(steps)

@@ -13,7 +13,7 @@ import numpy as np
 from .checks import whole
 from .clock import Clock
 from .errors import GradmidiError
-from .instruments import DRUM_CHANNEL
+from .instruments import DRUM_CHANNEL, DRUM_KEYS
 from .mapping import Mapping
 
 FORMAT_VERSION = 1
@@ -73,6 +73,8 @@ class ScoreHeader:
     clock: Clock
     title: str = "gradmidi"
     info: dict = field(default_factory=dict)
+    drums: dict = field(default_factory=lambda: {k: v for k, v in DRUM_KEYS.items() if k != "epoch"})
+    epoch_downbeat: bool = False
 
     def to_dict(self) -> dict:
         return {
@@ -82,6 +84,8 @@ class ScoreHeader:
             "mapping": self.mapping.to_dict(),
             "clock": self.clock.to_dict(),
             "info": self.info,
+            "drums": self.drums,
+            "epoch_downbeat": self.epoch_downbeat,
         }
 
     @classmethod
@@ -103,6 +107,8 @@ class ScoreHeader:
             clock=Clock.from_dict(data["clock"]),
             title=str(data.get("title", "gradmidi")),
             info=dict(info),
+            drums=dict(data.get("drums", {k: v for k, v in DRUM_KEYS.items() if k != "epoch"})),
+            epoch_downbeat=bool(data.get("epoch_downbeat", False)),
         )
         if [v.index for v in header.voices] != list(range(len(header.voices))):
             raise GradmidiError("voice indices must count 0, 1, 2, ... in order")
@@ -113,7 +119,13 @@ class ScoreHeader:
 
 @dataclass
 class Slot:
-    """One grid slot: the aggregated norms of its steps, their notes, and its events."""
+    """One grid slot: the aggregated norms of its steps, their notes, and its events.
+
+    ``present`` counts, per voice, the slot's steps that had that voice's gradient: it is what
+    slots merged later (a live output catching up) are weighted by, so merging equals aggregating
+    their steps. ``log_range`` is the pitch range in force for this slot's notes, always set, so
+    no output has to re-derive it from earlier slots.
+    """
 
     index: int
     first_step: int
@@ -121,7 +133,27 @@ class Slot:
     norms: np.ndarray  # per voice; NaN/Inf kept, NaN also where a voice had no gradient
     pitches: np.ndarray  # per voice; -1 = silent
     velocities: np.ndarray
+    present: np.ndarray  # per voice: how many of the slot's steps had its gradient
+    log_range: tuple[float, float]  # log10 norms at the register's bottom and top
     events: list[Event] = field(default_factory=list)
     markers: list[str] = field(default_factory=list)
-    log_range: tuple[float, float] | None = None  # set when the adaptive range moved here
     loss: float | None = None
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One step's host values per layer: what every source (training, a log, a test) hands the session."""
+
+    step: int
+    norms: np.ndarray  # per layer; NaN/Inf kept
+    present: np.ndarray  # per layer, bool: it had a gradient this step
+    loss: float | None = None
+    skipped: bool = False  # the GradScaler skipped this optimizer step
+
+
+@dataclass(frozen=True)
+class MarkerRecord:
+    """A text marker placed before ``step`` (an epoch, 'lr warm-up done', 'interrupted')."""
+
+    step: int
+    text: str

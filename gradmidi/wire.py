@@ -3,7 +3,8 @@
 A frame is a 4-byte big-endian length N, then N bytes of UTF-8 JSON holding one object with a
 ``"type"``. The listener speaks first: ``hello`` (protocol version, token). The server answers
 ``refused`` (a reason, then it hangs up) or ``welcome`` (the run's id, the score header with the
-voice table, the adaptive range in effect), then one ``slot`` per slot as the run plays, ``ping``
+voice table and drum table), then one ``slot`` per slot as the run plays (each with the pitch
+range in force, so a late joiner needs no history), ``ping``
 when idle, and ``end`` when the run closes. Non-finite norms travel as the strings "NaN",
 "Infinity" and "-Infinity", so every frame is strict JSON. Frame sizes are bounded both ways.
 """
@@ -20,7 +21,7 @@ import numpy as np
 from .errors import GradmidiError
 from .score import Event, Slot
 
-PROTOCOL = 1
+PROTOCOL = 2  # 2: slots carry their range always and their steps present per voice
 DEFAULT_PORT = 7400
 MAX_LISTENER_FRAME = 4096  # a listener only ever sends its hello
 MAX_SERVER_FRAME = 16 << 20  # the welcome's header lists every layer name: large models, long lists
@@ -116,10 +117,11 @@ def slot_message(slot: Slot) -> dict:
         "norms": [_number(x) for x in slot.norms],
         "pitches": [int(p) for p in slot.pitches],
         "velocities": [int(v) for v in slot.velocities],
+        "present": [int(c) for c in slot.present],
         "events": [{"step": int(e.step), "kind": e.kind, "voices": list(e.voices),
                     "value": None if e.value is None else _number(e.value)} for e in slot.events],
         "markers": [str(m) for m in slot.markers],
-        "log_range": None if slot.log_range is None else [float(x) for x in slot.log_range],
+        "log_range": [float(x) for x in slot.log_range],
         "loss": None if slot.loss is None else _number(slot.loss),
     }
 
@@ -132,24 +134,29 @@ def slot_from_message(message: dict, voices: int) -> Slot:
         norms = np.array([_float(x) for x in message["norms"]], dtype=np.float64)
         pitches = np.array([int(p) for p in message["pitches"]], dtype=np.int64)
         velocities = np.array([int(v) for v in message["velocities"]], dtype=np.int64)
-        if not len(norms) == len(pitches) == len(velocities) == voices:
+        present = np.array([int(c) for c in message["present"]], dtype=np.int64)
+        if not len(norms) == len(pitches) == len(velocities) == len(present) == voices:
             raise ValueError(f"{len(norms)} norms for {voices} voices")
         if np.any((pitches < -1) | (pitches > 127)) or np.any((velocities < 0) | (velocities > 127)):
             raise ValueError("a pitch or velocity outside MIDI's range")
+        if np.any(present < 0):
+            raise ValueError("a negative count of steps present")
         events = []
         for e in message["events"]:
             if e["kind"] not in DRUM_KEYS:
                 raise ValueError(f"unknown event kind {e['kind']!r}")
             events.append(Event(int(e["step"]), str(e["kind"]), tuple(str(v) for v in e["voices"]),
                                 None if e["value"] is None else _float(e["value"])))
-        log_range = message["log_range"]
+        lo, hi = (_float(x) for x in message["log_range"])
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ValueError(f"a damaged pitch range {message['log_range']!r}")
         index, steps = int(message["index"]), int(message["steps"])
         if index < 0 or steps < 0:
             raise ValueError("a negative slot index")
         return Slot(
             index=index, first_step=int(message["first_step"]), steps=steps, norms=norms,
-            pitches=pitches, velocities=velocities, events=events, markers=[str(m) for m in message["markers"]],
-            log_range=None if log_range is None else (float(log_range[0]), float(log_range[1])),
+            pitches=pitches, velocities=velocities, present=present, log_range=(lo, hi), events=events,
+            markers=[str(m) for m in message["markers"]],
             loss=None if message["loss"] is None else _float(message["loss"]),
         )
     except (KeyError, TypeError, ValueError, IndexError) as exc:

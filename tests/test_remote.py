@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -159,8 +160,9 @@ def test_a_late_joiner_gets_the_voice_table_then_the_live_events_and_decodes_the
     table = welcome["header"]["voices"]
     assert [(v["name"], v["channel"], v["program"]) for v in table] == \
         [(v.name, v.channel, v.program) for v in son.voices] and table[0]["program"] == 40  # Violin
-    assert welcome["log_range"] is not None  # the range in effect, moved before it joined
     assert [m["index"] for m in messages[1:-1]] == list(range(30, 50)) and messages[-1]["type"] == "end"
+    default = [math.log10(x) for x in son.header.mapping.norm_range]
+    assert messages[1]["log_range"] != default  # each slot carries the range in force, moved before it joined
     _, err = finish(heard)
     assert heard.returncode == 0, err
     ours, theirs = gradmidi.read_score(tmp_path / "server.mid"), gradmidi.read_score(tmp_path / "late.mid")
@@ -234,7 +236,7 @@ def test_garbage_and_oversized_frames_are_refused_and_the_server_keeps_serving(t
     fresh = raw_client(port, hello())  # the server still welcomes new listeners
     with son:
         train(son, model, 10)
-        assert son.server in son._sinks.sinks  # the fan-out never dropped the network sink
+        assert son.server in son.sinks  # the fan-out never dropped the network sink
     messages = read_until_closed(fresh)
     assert messages[0]["type"] == "welcome" and messages[-1]["type"] == "end" and len(messages) >= 3
     _, err = finish(heard)

@@ -1,4 +1,9 @@
-"""The sink contract, modelled on logging handlers: open once, receive every slot, close once."""
+"""The sink contract, modelled on ``logging.Handler``: open once, receive every slot, close once.
+
+A sink is where a score goes (a file, a live output, the network, an audio render, your own).
+It receives the session's slots on one thread and decides only where and when they go: what
+a slot sounds like comes from ``gradmidi.notes``.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,14 @@ from ..score import ScoreHeader, Slot
 
 
 class Sink:
-    """Receives the score. Subclasses override what they need; all calls come from one thread."""
+    """Receives the score. Subclasses override what they need; all calls come from one thread.
+
+    ``realtime``: the sink plays (or streams to someone who plays) as the run goes, so the
+    session hands it each slot at once instead of in cheaper batches.
+    """
 
     name = "sink"
+    realtime = False
 
     def open(self, header: ScoreHeader) -> None:
         """Called once before the first slot."""
@@ -21,8 +31,14 @@ class Sink:
     def tick(self) -> None:
         """Called regularly (about twice a second) even when no slot arrives: time-based work."""
 
+    def interrupt(self) -> None:
+        """The run was interrupted (Ctrl-C, SIGTERM): drop what is waiting to play; ``close`` follows."""
+
     def close(self) -> None:
         """Called once at the end; must leave whatever the sink owns complete."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
 
 
 class SinkFanout:
@@ -30,6 +46,10 @@ class SinkFanout:
 
     def __init__(self, sinks: list[Sink]) -> None:
         self.sinks = list(sinks)
+
+    @property
+    def realtime(self) -> bool:
+        return any(sink.realtime for sink in self.sinks)
 
     def _call(self, method: str, *args) -> None:
         for sink in list(self.sinks):
@@ -53,6 +73,9 @@ class SinkFanout:
 
     def tick(self) -> None:
         self._call("tick")
+
+    def interrupt(self) -> None:
+        self._call("interrupt")
 
     def close(self) -> None:
         self._call("close")

@@ -1,11 +1,11 @@
 """The live sink: a real-time scheduler thread that plays slots at the tempo.
 
-Slots arrive from the gradmidi worker whenever training produces them. The scheduler
-owns the clock: it plays one slot per slot duration on an absolute grid (no drift). When
-training is slower than the tempo, a slot plays as soon as it arrives; when training is
-faster, the backlog is held to ``max_latency`` seconds by merging pending slots (max or rms
-of their norms), never queued without bound. On close every sounding note is ended and All
-Notes Off / All Sound Off go to every channel used.
+Slots arrive from the session whenever training produces them. The scheduler owns the clock:
+it plays one slot per slot duration on an absolute grid (no drift). When training is slower
+than the tempo, a slot plays as soon as it arrives; when training is faster, the backlog is
+held to ``max_latency`` seconds by merging pending slots with the run's own aggregation
+(``pipeline.merge_slots``), never queued without bound. What a slot sounds comes from
+``gradmidi.notes``; on close the output silences whatever is still sounding.
 """
 
 from __future__ import annotations
@@ -18,13 +18,12 @@ from collections import deque
 
 import numpy as np
 
-from ..instruments import DRUM_CHANNEL, DRUM_KEYS
-from ..mapping import norms_to_pitches
-from ..outputs import silence_messages
+from ..notes import Arrangement
+from ..outputs import Output
+from ..pipeline import merge_slots
 from ..score import ScoreHeader, Slot
 from .base import Sink
 
-DRUM_VELOCITY = 110
 # While live sinks play, Python hands the GIL over every millisecond instead of every 5: the
 # scheduler and worker threads must not wait a whole default switch interval behind a training
 # thread running Python. Restored when the last live sink closes.
@@ -46,32 +45,17 @@ def _quicker_thread_switching(on: bool) -> None:
             _switch_users -= 1
             if _switch_users == 0:
                 sys.setswitchinterval(_switch_saved)
+
+
 HEALTH_SECONDS = 1.0  # how often the scheduler checks that its port still exists
 
 
-def merge_slots(slots: list[Slot], how: str, header: ScoreHeader, log_range) -> Slot:
-    """One slot standing for several: per-voice max (or rms) of the norms, every event kept."""
-    norms = np.vstack([s.norms for s in slots])
-    with np.errstate(invalid="ignore"):
-        if how == "rms":
-            merged = np.sqrt(np.nanmean(norms**2, axis=0))
-        else:
-            merged = np.nanmax(np.where(np.isnan(norms), -np.inf, norms), axis=0)
-    merged[np.all(np.isnan(norms), axis=0)] = np.nan
-    merged[np.any(np.isnan(norms) & ~np.all(np.isnan(norms), axis=0), axis=0)] = np.nan
-    pitches = norms_to_pitches(merged, log_range, header.mapping)
-    velocities = np.max(np.vstack([s.velocities for s in slots]), axis=0)
-    return Slot(
-        index=slots[0].index, first_step=slots[0].first_step, steps=sum(s.steps for s in slots), norms=merged,
-        pitches=pitches, velocities=velocities, events=[e for s in slots for e in s.events],
-        markers=[m for s in slots for m in s.markers], log_range=None, loss=slots[-1].loss,
-    )
-
-
 class LiveSink(Sink):
-    """Plays the score through an output (a MIDI port, a virtual port, an in-process synth)."""
+    """Plays the score through an output (a MIDI port, a virtual port, an in-process synth, memory)."""
 
-    def __init__(self, output, max_latency: float = 0.5, record_timing: bool = False) -> None:
+    realtime = True
+
+    def __init__(self, output: Output, max_latency: float = 0.5, record_timing: bool = False) -> None:
         self.output = output
         self.name = f"live output {getattr(output, 'name', '')}".strip()
         self.max_latency = max_latency
@@ -80,27 +64,23 @@ class LiveSink(Sink):
         self._stopping = False
         self._drain = True
         self._thread: threading.Thread | None = None
-        self._sounding: set[tuple[int, int]] = set()
         self._offs: list[tuple[float, int, bytes]] = []  # (due, seq, message) heap: note-offs, arpeggio notes
         self._seq = 0
         self._grid: float | None = None  # when the next slot is due
-        self._channels: set[int] = set()
         self.failed: str | None = None
         self.played = 0  # slots played (merged ones count once)
         self.merged = 0  # slots folded into others to keep up
         self.timing: list[tuple[float, float]] | None = [] if record_timing else None  # (due, sent)
+        self.played_slots: list[tuple[int, int]] | None = [] if record_timing else None  # (index, steps)
 
-    # -- called from the gradmidi worker --------------------------------------------------
+    # -- called from the session ------------------------------------------------------------
     def open(self, header: ScoreHeader) -> None:
         self.header = header
         self.clock = header.clock
         self.aggregate = header.info.get("aggregate", "max")
-        lo, hi = header.mapping.norm_range
-        self.log_range = (float(np.log10(lo)), float(np.log10(hi)))
-        for voice in header.voices:
-            self.output.send(bytes([0xC0 | voice.channel, voice.program]))
-            self._channels.add(voice.channel)
-        self._channels.add(DRUM_CHANNEL)
+        self.arrangement = Arrangement(header)
+        for message in self.arrangement.programs():
+            self.output.send(message)
         self._thread = threading.Thread(target=self._run, name="gradmidi-live", daemon=True)
         _quicker_thread_switching(True)
         self._thread.start()
@@ -108,8 +88,6 @@ class LiveSink(Sink):
     def emit(self, slot: Slot) -> None:
         if self.failed:
             raise RuntimeError(self.failed)
-        if slot.log_range is not None:
-            self.log_range = slot.log_range
         with self._cond:
             now = time.monotonic()
             start = self._start(now)
@@ -119,14 +97,14 @@ class LiveSink(Sink):
                 self._pending.append(slot)
             self._cond.notify()
 
-    def hush(self) -> None:
-        """Drop what is pending: on Ctrl-C the music stops now rather than playing out."""
+    def interrupt(self) -> None:
+        """Drops what is pending: on Ctrl-C the music stops now rather than playing out."""
         with self._cond:
             self._drain = False
             self._cond.notify()
 
     def close(self) -> None:
-        """Plays what is pending (at most ``max_latency`` of music, unless hushed), then silences."""
+        """Plays what is pending (at most ``max_latency`` of music, unless interrupted), then silences."""
         if self._thread is None:
             return
         with self._cond:
@@ -136,12 +114,10 @@ class LiveSink(Sink):
         self._thread = None
         _quicker_thread_switching(False)
         try:
-            self._silence()
+            self.output.close()  # silences whatever is still sounding
         except Exception:
             if not self.failed:
                 raise
-        finally:
-            self.output.close()
         if self.failed:  # the fan-out warns about it, once
             raise RuntimeError(self.failed)
 
@@ -162,7 +138,7 @@ class LiveSink(Sink):
                 with self._cond:  # every send happens under this lock: one port, two threads
                     now = time.monotonic()
                     while offs and offs[0][0] <= now:
-                        self._send(heapq.heappop(offs)[2])
+                        self.output.send(heapq.heappop(offs)[2])
                     if now - last_health >= HEALTH_SECONDS:
                         last_health = now
                         if not self.output.alive():
@@ -194,48 +170,33 @@ class LiveSink(Sink):
         bounds = np.linspace(0, len(pending), capacity + 1).round().astype(int)
         groups = [pending[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
         self.merged += len(pending) - len(groups)
-        merged = [merge_slots(g, self.aggregate, self.header, self.log_range) if len(g) > 1 else g[0] for g in groups]
+        merged = [merge_slots(group, self.aggregate, self.header.mapping) for group in groups]
         self._pending.extend(merged[1:])
         return merged[0]
 
     def _play(self, slot: Slot, start: float) -> None:
-        """Sends the slot's notes (the caller holds the lock); queues their note-offs."""
-        voices, clock, period = self.header.voices, self.clock, self.clock.slot_seconds
+        """Sends the slot's notes due now (the caller holds the lock); queues the rest and the note-offs."""
+        notes = self.arrangement.notes(slot)
+        tick_seconds = self.clock.slot_seconds / self.clock.slot_ticks
         offs, seq = self._offs, self._seq
-        tick_seconds = period / clock.slot_ticks
         sent_at = time.monotonic()
-        for v in voices:
-            pitch = int(slot.pitches[v.index])
-            if pitch < 0:
-                continue
-            offset, length = clock.note_span(v.index, len(voices))
-            on = bytes([0x90 | v.channel, pitch, int(slot.velocities[v.index])])
-            if offset:
-                heapq.heappush(offs, (start + offset * tick_seconds, seq, on))
+        for channel, key, velocity, onset, length in zip(notes.channel.tolist(), notes.key.tolist(),
+                                                         notes.velocity.tolist(), notes.onset.tolist(),
+                                                         notes.length.tolist()):
+            on = bytes([0x90 | channel, key, velocity])
+            if onset:
+                heapq.heappush(offs, (start + onset * tick_seconds, seq, on))
                 seq += 1
             else:
-                self._send(on)
-            heapq.heappush(offs, (start + (offset + length) * tick_seconds, seq, bytes([0x80 | v.channel, pitch, 0])))
+                self.output.send(on)
+            heapq.heappush(offs, (start + (onset + length) * tick_seconds, seq, bytes([0x80 | channel, key, 0])))
             seq += 1
-        keys = {DRUM_KEYS[e.kind] for e in slot.events}
-        _, length = clock.note_span(0, 1)
-        for key in sorted(keys):
-            self._send(bytes([0x90 | DRUM_CHANNEL, key, DRUM_VELOCITY]))
-            heapq.heappush(offs, (start + length * tick_seconds, seq, bytes([0x80 | DRUM_CHANNEL, key, 0])))
-            seq += 1
-        if self.timing is not None:
+        if self.timing is not None and self.played_slots is not None:
             self.timing.append((start, sent_at))
+            self.played_slots.append((slot.index, slot.steps))
         self.played += 1
         self._seq = seq
-        self._grid = start + period
-
-    def _send(self, message: bytes) -> None:
-        status = message[0] & 0xF0
-        if status == 0x90 and message[2]:
-            self._sounding.add((message[0] & 0x0F, message[1]))
-        elif status in (0x80, 0x90):
-            self._sounding.discard((message[0] & 0x0F, message[1]))
-        self.output.send(message)
+        self._grid = start + self.clock.slot_seconds
 
     @staticmethod
     def _sleep_until(deadline: float) -> None:
@@ -244,8 +205,3 @@ class LiveSink(Sink):
             if left <= 0:
                 return
             time.sleep(left if left > 0.002 else left / 2)
-
-    def _silence(self) -> None:
-        for message in silence_messages(self._sounding, self._channels):
-            self.output.send(message)
-        self._sounding.clear()

@@ -14,6 +14,7 @@ hundred thousand notes a second.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
@@ -21,13 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import GradmidiError
-from ..instruments import DRUM_CHANNEL, DRUM_KEYS
+from ..notes import Arrangement, Notes
 from ..score import ScoreHeader, Slot
 from ..smf import HEADER_TAG, RANGE_TAG, SEQUENCER_ID, TrackSpool, json_meta, meta, text_meta, write_file
 from .base import Sink
 
-DRUM_VELOCITY = 110
-EPOCH_VELOCITY = 45
 BLOCK_SLOTS = 4096  # slots of notes held before they are encoded into the track spools
 FLUSH_SHARE = 0.015  # a flush may cost at most this share of a core (its CPU time over the interval)
 
@@ -35,7 +34,7 @@ FLUSH_SHARE = 0.015  # a flush may cost at most this share of a core (its CPU ti
 class MidiFileSink(Sink):
     name = "midi file"
 
-    def __init__(self, path: str | os.PathLike, flush_interval: float = 2.0, epoch_downbeat: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike, flush_interval: float = 2.0) -> None:
         self.path = Path(path)
         if self.path.is_dir():
             raise GradmidiError(f"{self.path} is a folder; give a .mid file name")
@@ -45,7 +44,6 @@ class MidiFileSink(Sink):
             raise GradmidiError(f"{self.path} exists and is not a gradmidi score; refusing to overwrite it")
         _check_writable(self.path)
         self.flush_interval = flush_interval
-        self.epoch_downbeat = epoch_downbeat
         self._tracks: list[TrackSpool] = []
         self._dirty = False
         self._last_flush = 0.0
@@ -59,27 +57,26 @@ class MidiFileSink(Sink):
     def open(self, header: ScoreHeader) -> None:
         self.header = header
         self.clock = header.clock
+        self.arrangement = Arrangement(header)
+        lo, hi = header.mapping.norm_range
+        self._range = (math.log10(lo), math.log10(hi))  # the range the file holds so far
         conductor = TrackSpool()
         conductor.add(0, text_meta(0x03, header.title))
         conductor.add(0, meta(0x51, self.clock.tempo_us.to_bytes(3, "big")))
         conductor.add(0, meta(0x58, bytes([4, 2, 24, 8])))  # 4/4
         conductor.add(0, json_meta(HEADER_TAG, header.to_dict()))
         self._tracks = [conductor]
-        for voice in header.voices:
+        for voice, program in zip(header.voices, self.arrangement.programs()):
             track = TrackSpool()
             track.add(0, text_meta(0x03, voice.name))
             track.add(0, text_meta(0x04, voice.kind))  # instrument name: the layer kind
-            track.add(0, bytes([0xC0 | voice.channel, voice.program]))
+            track.add(0, program)
             self._tracks.append(track)
         drums = TrackSpool()
         drums.add(0, text_meta(0x03, "events"))
         self._tracks.append(drums)
-        spans = [self.clock.note_span(v.index, len(header.voices)) for v in header.voices]
-        self._offsets = np.array([offset for offset, _ in spans], dtype=np.int64)
-        self._lengths = np.array([length for _, length in spans], dtype=np.int64)
         self._n_voices = len(header.voices)
         self._slot_ticks = self.clock.slot_ticks
-        self._drum_length = self.clock.note_span(0, 1)[1]
         self._dirty = True
         self._last_flush = time.monotonic()
         self.flush()
@@ -94,53 +91,50 @@ class MidiFileSink(Sink):
             self._velocities.append(slot.velocities)
             if len(self._starts) >= BLOCK_SLOTS:
                 self._encode_notes()
-        if slot.events or slot.markers or slot.log_range is not None:
+        if slot.log_range != self._range:
+            self._range = slot.log_range
+            self._tracks[0].add(start, json_meta(RANGE_TAG, {"slot": slot.index, "log_range": list(slot.log_range)}))
+        if slot.events or slot.markers:
             self._emit_conductor_and_drums(slot, start)
         self._dirty = True
 
     def _emit_conductor_and_drums(self, slot: Slot, start: int) -> None:
-        conductor, drums = self._tracks[0], self._tracks[-1]
-        if slot.log_range is not None:
-            conductor.add(start, json_meta(RANGE_TAG, {"slot": slot.index, "log_range": list(slot.log_range)}))
+        conductor = self._tracks[0]
         for text in slot.markers:
             conductor.add(start, text_meta(0x06, text))
         for event in slot.events:
             conductor.add(start, text_meta(0x06, event.label()))
-        keys = []
-        for event in slot.events:
-            if DRUM_KEYS[event.kind] not in keys:
-                keys.append(DRUM_KEYS[event.kind])
-        velocities = [DRUM_VELOCITY] * len(keys)
-        if self.epoch_downbeat and any(m.startswith("epoch") for m in slot.markers):
-            keys.append(DRUM_KEYS["epoch"])
-            velocities.append(EPOCH_VELOCITY)
-        for key, velocity in zip(keys, velocities):
-            drums.add(start, bytes([0x90 | DRUM_CHANNEL, key, velocity]))
-        for key in keys:
-            drums.add(start + self._drum_length, bytes([0x80 | DRUM_CHANNEL, key, 0]))
+        hits = self.arrangement.drum_notes(slot)
+        if len(hits):
+            self._add_notes(self._tracks[-1], hits, start)
 
     def _encode_notes(self) -> None:
         """The held slots' notes into their voice tracks: per voice, on/off pairs in tick order."""
         if not self._starts:
             return
         starts = np.asarray(self._starts, dtype=np.int64)
-        n_voices = len(self.header.voices)
-        pitches = np.concatenate(self._pitches).reshape(-1, n_voices)  # far cheaper than vstack
-        velocities = np.concatenate(self._velocities).reshape(-1, n_voices)
+        pitches = np.concatenate(self._pitches).reshape(-1, self._n_voices)  # far cheaper than vstack
+        velocities = np.concatenate(self._velocities).reshape(-1, self._n_voices)
         self._starts, self._pitches, self._velocities = [], [], []
-        for v in self.header.voices:
-            sounding = pitches[:, v.index] >= 0
-            n = int(np.count_nonzero(sounding))
-            if not n:
-                continue
-            on = starts[sounding] + self._offsets[v.index]
-            ticks = np.empty(2 * n, dtype=np.int64)
-            ticks[0::2], ticks[1::2] = on, on + self._lengths[v.index]
-            events = np.empty((2 * n, 3), dtype=np.uint8)
-            events[0::2, 0], events[1::2, 0] = 0x90 | v.channel, 0x80 | v.channel
-            events[0::2, 1] = events[1::2, 1] = pitches[sounding, v.index]
-            events[0::2, 2], events[1::2, 2] = velocities[sounding, v.index], 0
-            self._tracks[1 + v.index].add_block(ticks, events)
+        for index, notes in enumerate(self.arrangement.voice_notes(starts, pitches, velocities)):
+            if len(notes):
+                self._add_notes(self._tracks[1 + index], notes)
+
+    @staticmethod
+    def _add_notes(track: TrackSpool, notes: Notes, start: int = 0) -> None:
+        """Note-on/note-off pairs in tick order: a voice's notes follow one another (on, off, on,
+        off, ...), a slot's drum hits sound together (every on, then every off)."""
+        n = len(notes)
+        on = start + notes.onset
+        ticks = np.concatenate([on, on + notes.length])
+        events = np.empty((2 * n, 3), dtype=np.uint8)
+        events[:n, 0], events[n:, 0] = 0x90 | notes.channel, 0x80 | notes.channel
+        events[:n, 1] = events[n:, 1] = notes.key
+        events[:n, 2], events[n:, 2] = notes.velocity, 0
+        if n > 1 and notes.onset[1] != notes.onset[0]:  # one after another, not together
+            order = np.arange(2 * n).reshape(2, n).T.ravel()
+            ticks, events = ticks[order], events[order]
+        track.add_block(ticks, events)
 
     def tick(self) -> None:
         # A huge score's rewrite takes a while: space flushes out so they cost at most 1.5 % of a core.

@@ -53,6 +53,7 @@ class ServeSink(Sink):
     """Streams the score to any number of listeners (``gradmidi listen HOST:PORT``)."""
 
     name = "network stream"
+    realtime = True  # listeners play it as it comes
 
     def __init__(
         self,
@@ -91,8 +92,6 @@ class ServeSink(Sink):
         self._outbox: deque = deque()
         self._listeners: dict[socket.socket, _Listener] = {}
         self._thread: threading.Thread | None = None
-        self._welcome = b""
-        self._log_range: list[float] | None = None
         self.failed: str | None = None
         self.listeners = 0  # listeners receiving the stream now
         self.joined = 0
@@ -112,7 +111,7 @@ class ServeSink(Sink):
     def emit(self, slot: Slot) -> None:
         if self.failed:
             raise RuntimeError(self.failed)
-        self._outbox.append((encode(slot_message(slot)), slot.log_range))
+        self._outbox.append(encode(slot_message(slot)))
         self._wake()
 
     def tick(self) -> None:
@@ -192,12 +191,9 @@ class ServeSink(Sink):
                     else:
                         self._drop(listener)
                 return True
-            frame, log_range = item
-            if log_range is not None:
-                self._log_range = [float(x) for x in log_range]
             for listener in list(self._listeners.values()):
                 if listener.welcomed:
-                    self._queue(listener, frame)
+                    self._queue(listener, item)
         return False
 
     def _accept(self) -> None:
@@ -258,8 +254,7 @@ class ServeSink(Sink):
             if not hmac.compare_digest(given.encode(), self.token.encode()):
                 self._refuse(listener, "bad token")
                 return
-        welcome = encode({"type": "welcome", "protocol": PROTOCOL, "run": self._run_id, "header": self._header,
-                          "log_range": self._log_range})
+        welcome = encode({"type": "welcome", "protocol": PROTOCOL, "run": self._run_id, "header": self._header})
         listener.welcomed = True
         listener.limit = len(welcome) + self.buffer_bytes
         self.listeners += 1

@@ -1,0 +1,101 @@
+"""Slots -> what sounds: the one place where a slot becomes MIDI notes.
+
+Voice notes, drum hits for events and the optional epoch downbeat, with their channel, key,
+velocity, onset and length, come from here as arrays. Outputs only encode them (the .mid
+writer), send them at their times (the live scheduler), or stream the slots they come from
+(the network), so every output plays the same music.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import events
+from .instruments import DRUM_CHANNEL
+from .score import ScoreHeader, Slot
+
+
+@dataclass(frozen=True)
+class Notes:
+    """Notes as parallel arrays; ``onset`` and ``length`` in ticks (from the slot's start, or absolute)."""
+
+    channel: np.ndarray
+    key: np.ndarray
+    velocity: np.ndarray
+    onset: np.ndarray
+    length: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.key)
+
+    @classmethod
+    def concat(cls, parts: list[Notes]) -> Notes:
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in _FIELDS))
+
+
+_FIELDS = ("channel", "key", "velocity", "onset", "length")
+_NONE = Notes(*(np.zeros(0, dtype=np.int64) for _ in _FIELDS))
+
+
+class Arrangement:
+    """Where a score's sounds go: each voice's channel and place in the slot, the drums' keys."""
+
+    def __init__(self, header: ScoreHeader) -> None:
+        clock, voices = header.clock, header.voices
+        spans = [clock.note_span(v.index, len(voices)) for v in voices]
+        self.header = header
+        self.channels = np.array([v.channel for v in voices], dtype=np.int64)
+        self.offsets = np.array([offset for offset, _ in spans], dtype=np.int64)
+        self.lengths = np.array([length for _, length in spans], dtype=np.int64)
+        self.drum_length = clock.note_span(0, 1)[1]
+        self.drum_keys = dict(header.drums)  # the score's own table: a file decodes by it
+        self.epoch_downbeat = header.epoch_downbeat
+
+    def programs(self) -> list[bytes]:
+        """The program changes that set every voice's instrument, sent (or written) first."""
+        return [bytes([0xC0 | v.channel, v.program]) for v in self.header.voices]
+
+    def notes(self, slot: Slot) -> Notes:
+        """Everything one slot sounds: its voice notes, then its drum hits; onsets from the slot's start."""
+        voice = self.voice_notes(np.zeros(1, dtype=np.int64), slot.pitches[None, :], slot.velocities[None, :])
+        return Notes.concat([*voice, self.drum_notes(slot)])
+
+    def voice_notes(self, starts: np.ndarray, pitches: np.ndarray, velocities: np.ndarray) -> list[Notes]:
+        """Per voice, the notes of many slots at once (rows: slots starting at ``starts`` ticks)."""
+        out = []
+        for v in range(len(self.channels)):
+            sounding = pitches[:, v] >= 0
+            n = int(np.count_nonzero(sounding))
+            if not n:
+                out.append(_NONE)
+                continue
+            out.append(Notes(
+                channel=np.full(n, self.channels[v]), key=pitches[sounding, v].astype(np.int64),
+                velocity=velocities[sounding, v].astype(np.int64), onset=starts[sounding] + self.offsets[v],
+                length=np.full(n, self.lengths[v]),
+            ))
+        return out
+
+    def drum_notes(self, slot: Slot) -> Notes:
+        """One hit per event kind the slot holds (in order of first appearance), then the epoch downbeat."""
+        keys: list[int] = []
+        velocities: list[int] = []
+        for event in slot.events:
+            key = self.drum_keys.get(event.kind)
+            if key is not None and key not in keys:
+                kind = events.get(event.kind)
+                keys.append(key)
+                velocities.append(kind.velocity if kind is not None else DEFAULT_DRUM_VELOCITY)
+        if self.epoch_downbeat and any(m.startswith("epoch") for m in slot.markers):
+            keys.append(events.DOWNBEAT_KEY)
+            velocities.append(events.DOWNBEAT_VELOCITY)
+        if not keys:
+            return _NONE
+        n = len(keys)
+        return Notes(np.full(n, DRUM_CHANNEL), np.array(keys), np.array(velocities), np.zeros(n, dtype=np.int64),
+                     np.full(n, self.drum_length))
+
+
+DEFAULT_DRUM_VELOCITY = 110  # a kind the file knows but this process has not registered

@@ -1,0 +1,201 @@
+"""The score session: one pipeline from step values to every sink, whatever the source.
+
+A training run (``Sonifier``), a replayed log (``gradmidi sonify``) and a served run
+(``gradmidi listen``) are three sources of the same session: it owns the header, the slot
+builder, the worker thread and the fan-out to sinks, with one lifecycle: open (at
+construction), ``submit`` steps and markers (or ``add_slot`` for slots built elsewhere),
+``interrupt``, ``close``. It is torch-free; values arrive as numpy arrays.
+
+Threaded, the session never blocks its caller: ``submit`` hands the record to a bounded
+queue (a full queue drops the step and counts it) and a worker thread does the rest.
+Without real-time sinks the worker works in batches, ``BATCH_SECONDS`` apart, to spend
+fewer thread switches against a training thread that wants the interpreter.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import warnings
+from collections import Counter, deque
+from typing import Protocol
+
+import numpy as np
+
+from .detect import SpikeSettings
+from .pipeline import ScoreBuilder
+from .score import Event, MarkerRecord, ScoreHeader, Slot, StepRecord
+from .sinks.base import Sink, SinkFanout
+
+BATCH_SECONDS = 0.02
+RECENT_EVENTS = 10_000
+
+
+class PendingStep(Protocol):
+    """A step whose values are still on their way to the host (a Sonifier's captured step)."""
+
+    step: int
+
+    def record(self) -> StepRecord:
+        """Waits for the values; called on the session's worker thread only."""
+        ...
+
+
+Item = StepRecord | MarkerRecord | PendingStep
+_INTERRUPT = object()  # worker: tell the sinks, in order after what is queued
+_STOP = object()
+
+
+class ScoreSession:
+    """Steps and markers in; slots out to every sink."""
+
+    def __init__(
+        self,
+        header: ScoreHeader,
+        sinks: list[Sink],
+        *,
+        assignment: np.ndarray | None = None,
+        aggregate: str = "max",
+        spikes: SpikeSettings | None = None,
+        threaded: bool = False,
+        queue_size: int = 4096,
+    ) -> None:
+        """``assignment`` maps each layer to its voice (-1: silent); without it the session only
+        takes ready slots (``add_slot``)."""
+        self.header = header
+        first_step = int(header.info.get("first_step", 0))
+        self._builder = None if assignment is None else ScoreBuilder(
+            header, assignment, aggregate=aggregate, spikes=spikes, first_step=first_step)
+        self._fanout = SinkFanout(sinks)
+        self.slots = 0
+        self.dropped = 0  # steps lost to a full queue
+        self.event_counts: Counter[str] = Counter()
+        self.events: deque[Event] = deque(maxlen=RECENT_EVENTS)  # the most recent, for summaries
+        self._next_step = first_step
+        self._interrupted = False
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._fanout.open(header)
+        self._queue: queue.Queue | None = None
+        if threaded:
+            self._queue = queue.Queue(maxsize=queue_size)
+            # Live sound (here or a listener's) wants each step at once; otherwise batches are cheaper.
+            self._batch_seconds = 0.0 if self._fanout.realtime else BATCH_SECONDS
+            self._worker = threading.Thread(target=self._work, name="gradmidi", daemon=True)
+            self._worker.start()
+
+    @property
+    def sinks(self) -> list[Sink]:
+        """The sinks still receiving the score (one that failed was dropped, with a warning)."""
+        return list(self._fanout.sinks)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- sources --------------------------------------------------------------------------
+    def submit(self, item: Item) -> None:
+        """A step (ready or pending) or a marker, in step order. Never blocks when threaded."""
+        if self._closed:
+            return
+        self._next_step = item.step if isinstance(item, MarkerRecord) else item.step + 1
+        if self._queue is None:
+            self._handle(item)
+            return
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            if self.dropped == 0:
+                warnings.warn("gradmidi is falling behind training; dropping steps", RuntimeWarning, stacklevel=3)
+            self.dropped += 1
+
+    def add_slot(self, slot: Slot) -> None:
+        """A slot built elsewhere (a served run's), straight to the sinks."""
+        self._emit(slot)
+
+    def tick(self) -> None:
+        """Time-based sink work (flushes) for sessions without a worker."""
+        self._fanout.tick()
+
+    def interrupt(self) -> None:
+        """Marks the run interrupted (safe in a signal handler: only a flag). At close, the score
+        gets an 'interrupted' marker and real-time sinks drop what is waiting to play."""
+        self._interrupted = True
+
+    def close(self) -> None:
+        """Finishes the score: every slot built, every sink closed. Safe to call twice."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        tail: list = []
+        if self._interrupted:
+            tail = ([MarkerRecord(self._next_step, "interrupted")] if self._builder is not None else []) + [_INTERRUPT]
+        if self._queue is not None:
+            for item in tail:
+                self._queue.put(item)
+            self._queue.put(_STOP)
+            self._worker.join()
+        else:
+            for item in tail:
+                self._handle(item)
+            self._finish()
+        self._fanout.close()
+
+    # -- the worker -----------------------------------------------------------------------
+    def _work(self) -> None:
+        assert self._queue is not None
+        running = True
+        while running:
+            try:
+                batch = [self._queue.get(timeout=0.25)]
+            except queue.Empty:
+                self._fanout.tick()
+                continue
+            while True:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            for item in batch:
+                if item is _STOP:
+                    running = False
+                    break
+                try:
+                    self._handle(item)
+                except Exception as exc:  # never let the worker die silently and stall close()
+                    warnings.warn(f"gradmidi: dropped a step after an error: {exc}", RuntimeWarning, stacklevel=1)
+            self._fanout.tick()
+            if running and self._batch_seconds:
+                time.sleep(self._batch_seconds)
+        self._finish()
+
+    def _handle(self, item) -> None:
+        if item is _INTERRUPT:
+            self._fanout.interrupt()
+            return
+        if self._builder is None:
+            raise TypeError("this session takes ready slots only (add_slot)")
+        if isinstance(item, MarkerRecord):
+            slots = self._builder.add_marker(item.step, item.text)
+        else:
+            record = item if isinstance(item, StepRecord) else item.record()
+            slots = self._builder.add_step(record.step, record.norms, record.present, record.loss, record.skipped)
+        for slot in slots:
+            self._emit(slot)
+
+    def _finish(self) -> None:
+        if self._builder is not None:
+            for slot in self._builder.finish():
+                self._emit(slot)
+
+    def _emit(self, slot: Slot) -> None:
+        self.events.extend(slot.events)
+        self.event_counts.update(e.kind for e in slot.events)
+        self.slots += 1
+        self._fanout.emit(slot)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<ScoreSession {self.header.title!r} {state}: {self.slots} slots, sinks {self.sinks}>"
