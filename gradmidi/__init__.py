@@ -7,8 +7,8 @@ NaN, Inf, spikes and skipped mixed-precision steps become percussion and markers
 __version__ = "0.1.0"
 
 from .clock import Clock  # noqa: E402
-from .detect import SpikeSettings  # noqa: E402
 from .errors import GradmidiError  # noqa: E402
+from .events import SpikeSettings  # noqa: E402
 from .instruments import DRUM_KEYS, GM_PROGRAMS  # noqa: E402
 from .mapping import SCALES, Mapping  # noqa: E402
 from .scorefile import ScoreFile, read_score  # noqa: E402

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .detect import Detector, SpikeSettings
 from .errors import GradmidiError
+from .events import Detector, SpikeSettings, StepValues
 from .mapping import PitchMapper
 from .score import Event, ScoreHeader, Slot
 
@@ -84,7 +84,7 @@ class ScoreBuilder:
         norms, voice_present = self.voice_norms(layer_norms, present)
         slot = self.clock.slot_of(step - self.first_step)
         done = self._advance(slot)
-        self._events += self.detector.step(step, norms, voice_present, loss, skipped)
+        self._events += self.detector.step(StepValues(step, norms, voice_present, loss, skipped))
         self._rows.append(norms)
         self._present.append(voice_present)
         if loss is not None:

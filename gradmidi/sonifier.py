@@ -33,9 +33,9 @@ from . import __version__
 from .capture import Layer, NormCapture, discover_layers
 from .checks import flag, real, whole
 from .clock import Clock
-from .detect import SpikeSettings
 from .distributed import GradientSyncWatch, layer_class_name, rank_and_world, unwrap
 from .errors import GradmidiError
+from .events import SpikeSettings
 from .mapping import Mapping
 from .pipeline import ScoreBuilder
 from .score import ScoreHeader
