@@ -18,7 +18,8 @@ from collections import deque
 
 import numpy as np
 
-from ..instruments import DRUM_CHANNEL, DRUM_KEYS
+from ..events import get
+from ..instruments import DRUM_CHANNEL
 from ..mapping import norms_to_pitches
 from ..outputs import silence_messages
 from ..score import ScoreHeader, Slot
@@ -217,10 +218,11 @@ class LiveSink(Sink):
                 self._send(on)
             heapq.heappush(offs, (start + (offset + length) * tick_seconds, seq, bytes([0x80 | v.channel, pitch, 0])))
             seq += 1
-        keys = {DRUM_KEYS[e.kind] for e in slot.events}
+        drums = {self.header.drums[e.kind]: getattr(get(e.kind), "velocity", DRUM_VELOCITY)
+                 for e in slot.events if e.kind in self.header.drums}
         _, length = clock.note_span(0, 1)
-        for key in sorted(keys):
-            self._send(bytes([0x90 | DRUM_CHANNEL, key, DRUM_VELOCITY]))
+        for key in sorted(drums):
+            self._send(bytes([0x90 | DRUM_CHANNEL, key, drums[key]]))
             heapq.heappush(offs, (start + length * tick_seconds, seq, bytes([0x80 | DRUM_CHANNEL, key, 0])))
             seq += 1
         if self.timing is not None:

@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import GradmidiError
-from ..instruments import DRUM_CHANNEL, DRUM_KEYS
+from ..events import DOWNBEAT_KEY, DOWNBEAT_VELOCITY, get
+from ..instruments import DRUM_CHANNEL
 from ..score import ScoreHeader, Slot
 from ..smf import HEADER_TAG, RANGE_TAG, SEQUENCER_ID, TrackSpool, json_meta, meta, text_meta, write_file
 from .base import Sink
 
-DRUM_VELOCITY = 110
-EPOCH_VELOCITY = 45
+DRUM_VELOCITY = 110  # a kind the header holds but this process no longer has registered
 BLOCK_SLOTS = 4096  # slots of notes held before they are encoded into the track spools
 FLUSH_SHARE = 0.015  # a flush may cost at most this share of a core (its CPU time over the interval)
 
@@ -106,14 +106,15 @@ class MidiFileSink(Sink):
             conductor.add(start, text_meta(0x06, text))
         for event in slot.events:
             conductor.add(start, text_meta(0x06, event.label()))
-        keys = []
+        keys, velocities = [], []
         for event in slot.events:
-            if DRUM_KEYS[event.kind] not in keys:
-                keys.append(DRUM_KEYS[event.kind])
-        velocities = [DRUM_VELOCITY] * len(keys)
+            key = self.header.drums.get(event.kind)  # the score's own table: what its readers decode by
+            if key is not None and key not in keys:
+                keys.append(key)
+                velocities.append(getattr(get(event.kind), "velocity", DRUM_VELOCITY))
         if self.epoch_downbeat and any(m.startswith("epoch") for m in slot.markers):
-            keys.append(DRUM_KEYS["epoch"])
-            velocities.append(EPOCH_VELOCITY)
+            keys.append(DOWNBEAT_KEY)
+            velocities.append(DOWNBEAT_VELOCITY)
         for key, velocity in zip(keys, velocities):
             drums.add(start, bytes([0x90 | DRUM_CHANNEL, key, velocity]))
         for key in keys:
