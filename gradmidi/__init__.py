@@ -7,9 +7,10 @@ NaN, Inf, spikes and skipped mixed-precision steps become percussion and markers
 __version__ = "0.1.0"
 
 from .clock import Clock  # noqa: E402
-from .detect import SpikeSettings  # noqa: E402
 from .errors import GradmidiError  # noqa: E402
-from .instruments import DRUM_KEYS, GM_PROGRAMS  # noqa: E402
+from .events import EventKind, SpikeSettings  # noqa: E402
+from .events import register as register_event_kind  # noqa: E402
+from .instruments import GM_PROGRAMS  # noqa: E402
 from .mapping import SCALES, Mapping  # noqa: E402
 from .scorefile import ScoreFile, read_score  # noqa: E402
 from .sinks.base import Sink  # noqa: E402
@@ -29,6 +30,6 @@ def __getattr__(name):
 
 
 __all__ = [
-    "Sonifier", "render", "Mapping", "Clock", "SpikeSettings", "Sink", "ScoreFile", "read_score",
-    "GradmidiError", "SCALES", "GM_PROGRAMS", "DRUM_KEYS", "__version__",
+    "Sonifier", "render", "Mapping", "Clock", "SpikeSettings", "EventKind", "register_event_kind", "Sink",
+    "ScoreFile", "read_score", "GradmidiError", "SCALES", "GM_PROGRAMS", "__version__",
 ]

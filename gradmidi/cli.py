@@ -432,7 +432,7 @@ def sonify(source, out, tags, like, scale, key, bpm, every, aggregate, spikes) -
     import dataclasses
 
     from .clock import Clock
-    from .detect import SpikeSettings
+    from .events import SpikeSettings
     from .mapping import Mapping
     from .replay import read_series, sonify_series
 
@@ -480,7 +480,8 @@ def _settings_text(text: str, kind) -> dict:
 @cli.command()
 def programs() -> None:
     """List the General MIDI programs, scales, layer families and event drums."""
-    from .instruments import DRUM_KEYS, GM_PROGRAMS, KIND_PROGRAMS
+    from .events import DOWNBEAT_KEY, registered
+    from .instruments import GM_DRUMS, GM_PROGRAMS, KIND_PROGRAMS
     from .mapping import SCALES
 
     for i, name in enumerate(GM_PROGRAMS):
@@ -488,7 +489,10 @@ def programs() -> None:
     click.echo("\nscales: " + ", ".join(SCALES))
     click.echo("layer families: " + "; ".join(
         f"{kind}: {', '.join(GM_PROGRAMS[p] for p in progs[:2])}, ..." for kind, progs in KIND_PROGRAMS.items()))
-    click.echo("event drums (channel 10): " + ", ".join(f"{k} = key {v}" for k, v in DRUM_KEYS.items()))
+    click.echo("event drums (channel 10):")
+    for kind in registered():
+        click.echo(f"  {kind.name:<12} key {kind.drum_key:2d} {GM_DRUMS[kind.drum_key]:<16} {kind.label}")
+    click.echo(f"  {'(epoch)':<12} key {DOWNBEAT_KEY:2d} {GM_DRUMS[DOWNBEAT_KEY]:<16} epoch downbeat (optional)")
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""General MIDI programs, layer kinds and the drum keys that sound training events.
+"""General MIDI programs and percussion, layer kinds and channels (event drums: events.py).
 
 Torch-free: layer kinds are recognised from class names so that replayed logs and
 live runs share the same table.
@@ -48,6 +48,21 @@ GM_PROGRAMS: tuple[str, ...] = (
 )
 assert len(GM_PROGRAMS) == 128
 
+# General MIDI percussion on channel 10, keys 27-87 (GM Level 2's range; Level 1 has 35-81).
+GM_DRUMS: dict[int, str] = dict(enumerate((
+    "High Q", "Slap", "Scratch Push", "Scratch Pull", "Sticks", "Square Click", "Metronome Click",
+    "Metronome Bell", "Acoustic Bass Drum", "Bass Drum 1", "Side Stick", "Acoustic Snare", "Hand Clap",
+    "Electric Snare", "Low Floor Tom", "Closed Hi-Hat", "High Floor Tom", "Pedal Hi-Hat", "Low Tom",
+    "Open Hi-Hat", "Low-Mid Tom", "Hi-Mid Tom", "Crash Cymbal 1", "High Tom", "Ride Cymbal 1",
+    "Chinese Cymbal", "Ride Bell", "Tambourine", "Splash Cymbal", "Cowbell", "Crash Cymbal 2", "Vibraslap",
+    "Ride Cymbal 2", "Hi Bongo", "Low Bongo", "Mute Hi Conga", "Open Hi Conga", "Low Conga", "High Timbale",
+    "Low Timbale", "High Agogo", "Low Agogo", "Cabasa", "Maracas", "Short Whistle", "Long Whistle",
+    "Short Guiro", "Long Guiro", "Claves", "Hi Wood Block", "Low Wood Block", "Mute Cuica", "Open Cuica",
+    "Mute Triangle", "Open Triangle", "Shaker", "Jingle Bell", "Bell Tree", "Castanets", "Mute Surdo",
+    "Open Surdo",
+), start=27))
+assert len(GM_DRUMS) == 61
+
 # Layer kinds, first match wins; each kind sounds in a different GM family so that
 # the kinds can be told apart by ear (mallets, keys, pads, strings, winds, ...).
 LAYER_KINDS: tuple[tuple[str, re.Pattern[str]], ...] = (
@@ -78,16 +93,6 @@ def kind_program(kind: str, nth: int = 0) -> int:
     return family[nth % len(family)]
 
 
-# Channel 10 (index 9) drum keys for training events, picked to be told apart by ear.
-DRUM_KEYS: dict[str, int] = {
-    "nan": 49,  # Crash Cymbal 1: the run is broken
-    "inf": 52,  # Chinese Cymbal: overflow, a harsher crash
-    "spike": 56,  # Cowbell: a gradient norm jumped far above its recent level
-    "loss_spike": 39,  # Hand Clap: the loss jumped (or became non-finite)
-    "skipped": 81,  # Open Triangle: the GradScaler skipped the optimizer step
-    "epoch": 37,  # Side Stick: soft downbeat at an epoch boundary (optional)
-}
-EVENT_KINDS: tuple[str, ...] = ("nan", "inf", "spike", "loss_spike", "skipped")
 DRUM_CHANNEL = 9
 MELODIC_CHANNELS: tuple[int, ...] = tuple(c for c in range(16) if c != DRUM_CHANNEL)
 

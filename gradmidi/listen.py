@@ -212,7 +212,7 @@ class Listener:
             for message in queued:
                 kind = message["type"]
                 if kind == "slot":
-                    self._play(slot_from_message(message, len(self._header.voices)))
+                    self._play(slot_from_message(message, self._header))
                 elif kind == "end":
                     return True
                 elif kind == "refused":

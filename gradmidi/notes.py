@@ -35,6 +35,7 @@ class Notes:
         return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in _FIELDS))
 
 
+DEFAULT_DRUM_VELOCITY = 110  # a kind the score knows but this process has not registered
 _FIELDS = ("channel", "key", "velocity", "onset", "length")
 _NONE = Notes(*(np.zeros(0, dtype=np.int64) for _ in _FIELDS))
 
@@ -97,5 +98,3 @@ class Arrangement:
         return Notes(np.full(n, DRUM_CHANNEL), np.array(keys), np.array(velocities), np.zeros(n, dtype=np.int64),
                      np.full(n, self.drum_length))
 
-
-DEFAULT_DRUM_VELOCITY = 110  # a kind the file knows but this process has not registered

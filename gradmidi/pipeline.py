@@ -6,12 +6,12 @@ with the same aggregation, so a live output catching up plays what a coarser gri
 
 from __future__ import annotations
 
-import numpy as np
-
 from collections.abc import Sequence
 
-from .detect import Detector, SpikeSettings
+import numpy as np
+
 from .errors import GradmidiError
+from .events import Detector, SpikeSettings, StepValues
 from .mapping import Mapping, PitchMapper, norms_to_pitches, pitches_to_velocities
 from .score import Event, ScoreHeader, Slot
 
@@ -87,7 +87,7 @@ class ScoreBuilder:
         norms, voice_present = self.voice_norms(layer_norms, present)
         slot = self.clock.slot_of(step - self.first_step)
         done = self._advance(slot)
-        self._events += self.detector.step(step, norms, voice_present, loss, skipped)
+        self._events += self.detector.step(StepValues(step, norms, voice_present, loss, skipped))
         self._rows.append(norms)
         self._present.append(voice_present)
         if loss is not None:

@@ -14,12 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from .errors import GradmidiError
+from .events import colour_of
 from .instruments import GM_PROGRAMS
 from .mapping import pitches_to_norms
 from .scorefile import ScoreFile, read_score
-
-EVENT_COLOURS = {"nan": "#d62728", "inf": "#9467bd", "spike": "#ff7f0e", "loss_spike": "#8c564b",
-                 "skipped": "#17becf"}
 
 
 @dataclass
@@ -79,7 +77,7 @@ def plot_score(score: ScoreFile, max_points: int = 2000, title: str | None = Non
     for slot, kind in score.drums:
         by_kind.setdefault(kind, []).append(score.step_of(slot))
     for kind, steps in by_kind.items():
-        roll.vlines(steps, 0, 1, transform=roll.get_xaxis_transform(), colors=EVENT_COLOURS.get(kind, "k"),
+        roll.vlines(steps, 0, 1, transform=roll.get_xaxis_transform(), colors=colour_of(kind),
                     linewidth=0.8, alpha=0.8, label=f"event: {kind} ({len(steps)})")
         result.events += [(s, kind) for s in steps]
     epochs = [score.step_of(slot) for slot, text in score.markers if text.startswith("epoch")]

@@ -22,7 +22,7 @@ import numpy as np
 
 from . import __version__
 from .clock import Clock
-from .detect import SpikeSettings
+from .events import SpikeSettings
 from .errors import GradmidiError
 from .mapping import Mapping
 from .score import ScoreHeader, StepRecord

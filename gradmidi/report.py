@@ -13,8 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import events as event_kinds
 from .errors import GradmidiError
-from .instruments import GM_PROGRAMS
+from .instruments import GM_DRUMS, GM_PROGRAMS
 from .scorefile import ScoreFile, read_score
 
 MAX_EVENT_ROWS = 200
@@ -28,8 +29,7 @@ h1 { font-size: 22px; margin: 0 0 4px; } .sub { color: #666; margin-bottom: 20px
 audio { width: 100%; margin: 8px 0; } .noaudio { color: #a33; }
 table { border-collapse: collapse; width: 100%; margin: 8px 0; font-size: 13px; }
 th, td { text-align: left; padding: 3px 6px; border-bottom: 1px solid #eee; }
-th { background: #f3f3f3; } .nan { color: #d62728; } .inf { color: #9467bd; } .spike { color: #ff7f0e; }
-.loss_spike { color: #8c564b; } .skipped { color: #17becf; } details summary { cursor: pointer; color: #333; }
+th { background: #f3f3f3; } details summary { cursor: pointer; color: #333; }
 """
 
 
@@ -94,8 +94,21 @@ def _page(pages: list[RunPage], title: str) -> str:
     return (f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{e(title)}</title>"
             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><style>{CSS}</style></head>\n"
             f"<body><h1>{e(title)}</h1><div class=\"sub\">{len(pages)} run(s). Higher notes are larger gradient "
-            f"norms; drums and coloured markers are events (crash: NaN, china: Inf, cowbell: spike, clap: loss "
-            f"spike, triangle: skipped step).</div>\n<div class=\"runs\">\n{cards}\n</div></body></html>\n")
+            f"norms; drums and coloured markers are events ({_event_legend(pages)}).</div>\n"
+            f"<div class=\"runs\">\n{cards}\n</div></body></html>\n")
+
+
+def _event_legend(pages: list[RunPage]) -> str:
+    """'drum: label' for every kind in the runs' drum tables, in its colour: the page explains the
+    kinds its scores hold, including one this process has not registered (grey, by its name)."""
+    e = html.escape
+    parts = []
+    for name, key in dict.fromkeys(item for p in pages for item in p.score.header.drums.items()):
+        kind = event_kinds.get(name)
+        title = f' title="{e(kind.meaning)}"' if kind and kind.drum_key == key else ""
+        parts.append(f'<span style="color: {event_kinds.colour_of(name)}"{title}>'
+                     f"{e(GM_DRUMS.get(key, f'key {key}'))}: {e(kind.label if kind else name)}</span>")
+    return ", ".join(parts) or "none"
 
 
 def _card(page: RunPage) -> str:
@@ -117,7 +130,7 @@ def _card(page: RunPage) -> str:
     for slot, text in page.score.markers:
         labels.setdefault((page.score.step_of(slot), text.split(" ", 1)[0]), text)
     rows = "".join(
-        f'<tr class="event"><td>{step}</td><td class="{e(kind)}">{e(kind)}</td>'
+        f'<tr class="event"><td>{step}</td><td class="kind" style="color: {event_kinds.colour_of(kind)}">{e(kind)}</td>'
         f"<td>{e(labels.get((step, kind), ''))}</td></tr>" for step, kind in events[:MAX_EVENT_ROWS]
     )
     more = f"<p>... and {len(events) - MAX_EVENT_ROWS} more events</p>" if len(events) > MAX_EVENT_ROWS else ""

@@ -10,13 +10,13 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .checks import whole
+from .checks import flag, whole
 from .clock import Clock
 from .errors import GradmidiError
-from .instruments import DRUM_CHANNEL, DRUM_KEYS
+from .instruments import DRUM_CHANNEL
 from .mapping import Mapping
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the header carries its drum table and epoch_downbeat
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class Event:
     """A training event sounded on the drum channel and written as a marker."""
 
     step: int
-    kind: str  # one of instruments.EVENT_KINDS
+    kind: str  # the name of a registered event kind (events.py)
     voices: tuple[str, ...] = ()
     value: float | None = None
 
@@ -64,17 +64,27 @@ class Event:
         return f"{self.kind}{where}{value} @ step {self.step}"
 
 
+def _registered_drums() -> dict[str, int]:
+    from .events import drum_table  # events imports this module (Event)
+
+    return drum_table()
+
+
 @dataclass(frozen=True)
 class ScoreHeader:
-    """Everything needed to read a score back: voices, mapping, clock and provenance."""
+    """Everything needed to read a score back: voices, mapping, clock, drum table and provenance.
+
+    ``drums`` (event kind -> drum key) is the registry's table when the score was written: a
+    reader decodes the drum track by it, so remapping a kind later never mis-reads old scores.
+    """
 
     voices: tuple[Voice, ...]
     mapping: Mapping
     clock: Clock
     title: str = "gradmidi"
     info: dict = field(default_factory=dict)
-    drums: dict = field(default_factory=lambda: {k: v for k, v in DRUM_KEYS.items() if k != "epoch"})
-    epoch_downbeat: bool = False
+    drums: dict[str, int] = field(default_factory=_registered_drums)
+    epoch_downbeat: bool = False  # epoch markers sound a soft downbeat (events.DOWNBEAT_KEY)
 
     def to_dict(self) -> dict:
         return {
@@ -84,7 +94,7 @@ class ScoreHeader:
             "mapping": self.mapping.to_dict(),
             "clock": self.clock.to_dict(),
             "info": self.info,
-            "drums": self.drums,
+            "drums": dict(self.drums),
             "epoch_downbeat": self.epoch_downbeat,
         }
 
@@ -107,14 +117,36 @@ class ScoreHeader:
             clock=Clock.from_dict(data["clock"]),
             title=str(data.get("title", "gradmidi")),
             info=dict(info),
-            drums=dict(data.get("drums", {k: v for k, v in DRUM_KEYS.items() if k != "epoch"})),
-            epoch_downbeat=bool(data.get("epoch_downbeat", False)),
+            drums=_drums(data["drums"]) if "drums" in data else _legacy_drums(),
+            epoch_downbeat=flag("epoch_downbeat", data.get("epoch_downbeat", False)),
         )
         if [v.index for v in header.voices] != list(range(len(header.voices))):
             raise GradmidiError("voice indices must count 0, 1, 2, ... in order")
         if len({v.channel for v in header.voices}) != len(header.voices):
             raise GradmidiError("two voices share a channel")
         return header
+
+
+def _legacy_drums() -> dict[str, int]:
+    """A format-1 score carries no drum table: it was written with gradmidi 0.1.0's."""
+    from .events import LEGACY_DRUMS
+
+    return dict(LEGACY_DRUMS)
+
+
+def _drums(table) -> dict[str, int]:
+    """A drum table read from a file: non-empty kind names, keys 0-127, no key twice."""
+    if not isinstance(table, dict):
+        raise GradmidiError(f"drums must be a record of event kind: drum key, not {table!r}")
+    keys: dict[int, str] = {}
+    for name, key in table.items():
+        if not isinstance(name, str) or not name:
+            raise GradmidiError(f"drums: an event kind name must be a non-empty string, not {name!r}")
+        key = whole(f"drum key of {name!r}", key, 0, 127)
+        if key in keys:
+            raise GradmidiError(f"drums: key {key} sounds both {keys[key]!r} and {name!r}")
+        keys[key] = name
+    return {name: key for key, name in keys.items()}
 
 
 @dataclass

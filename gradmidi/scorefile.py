@@ -14,12 +14,10 @@ import numpy as np
 
 from .checks import pair, real, whole
 from .errors import GradmidiError, NotAScoreError
-from .instruments import DRUM_CHANNEL, DRUM_KEYS, GM_PROGRAMS
+from .instruments import DRUM_CHANNEL, GM_PROGRAMS
 from .mapping import pitches_to_norms
 from .score import ScoreHeader
 from .smf import HEADER_TAG, RANGE_TAG, SMFError, parse_json_meta, read_smf
-
-KIND_OF_KEY = {key: kind for kind, key in DRUM_KEYS.items()}
 
 
 @dataclass
@@ -91,7 +89,7 @@ class ScoreFile:
             "seconds": round(clock.seconds_of(self.last_slot + 1), 3),
             "scale": f"{self.header.mapping.key} {self.header.mapping.scale}",
             "voices": voices,
-            "events": {kind: kinds.get(kind, 0) for kind in KIND_OF_KEY.values() if kind != "epoch"},
+            "events": {kind: kinds.get(kind, 0) for kind in self.header.drums},  # every kind of the file's table
             "first_event_step": first,
             "markers": [[self.step_of(slot), text] for slot, text in self.markers],
         }
@@ -138,6 +136,7 @@ def score_from_tracks(path: str | os.PathLike, tracks: list[list[tuple[int, byte
     lo, hi = mapping.norm_range
     ranges = [(0, (float(np.log10(lo)), float(np.log10(hi))))] + sorted(ranges)
     voice_of_channel = {v.channel: v.index for v in score_header.voices}
+    kind_of_key = {key: kind for kind, key in score_header.drums.items()}  # the file's own table, not ours
     markers, drums = [], []
     notes: dict[int, list[tuple[int, int, int]]] = {}
     last_slot = -1
@@ -150,8 +149,8 @@ def score_from_tracks(path: str | os.PathLike, tracks: list[list[tuple[int, byte
                 last_slot = max(last_slot, slot)
                 channel = status & 0x0F
                 if channel == DRUM_CHANNEL:
-                    kind = KIND_OF_KEY.get(event[1])
-                    if kind and kind != "epoch":
+                    kind = kind_of_key.get(event[1])  # None: the epoch downbeat, or no event
+                    if kind is not None:
                         drums.append((slot, kind))
                 elif channel in voice_of_channel:
                     notes.setdefault(voice_of_channel[channel], []).append((slot, event[1], event[2]))

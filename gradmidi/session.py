@@ -23,7 +23,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .detect import SpikeSettings
+from .events import SpikeSettings
 from .pipeline import ScoreBuilder
 from .score import Event, MarkerRecord, ScoreHeader, Slot, StepRecord
 from .sinks.base import Sink, SinkFanout

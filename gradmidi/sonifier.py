@@ -27,9 +27,9 @@ from . import __version__, lifecycle
 from .capture import Layer, NormCapture, PendingNorms, discover_layers
 from .checks import flag, real, whole
 from .clock import Clock
-from .detect import SpikeSettings
 from .distributed import GradientSyncWatch, layer_class_name, rank_and_world, unwrap
 from .errors import GradmidiError
+from .events import SpikeSettings
 from .mapping import Mapping
 from .pipeline import AGGREGATES
 from .score import MarkerRecord, ScoreHeader, StepRecord

@@ -19,7 +19,7 @@ import socket
 import numpy as np
 
 from .errors import GradmidiError
-from .score import Event, Slot
+from .score import Event, ScoreHeader, Slot
 
 PROTOCOL = 2  # 2: slots carry their range always and their steps present per voice
 DEFAULT_PORT = 7400
@@ -126,10 +126,13 @@ def slot_message(slot: Slot) -> dict:
     }
 
 
-def slot_from_message(message: dict, voices: int) -> Slot:
-    """The slot a ``slot`` frame carries; FrameError if any part of it is malformed."""
-    from .instruments import DRUM_KEYS
+def slot_from_message(message: dict, header: ScoreHeader) -> Slot:
+    """The slot a ``slot`` frame carries; FrameError if any part of it is malformed.
 
+    Event kinds are checked against the run's own drum table (the welcome's header), not this
+    process's registry: a server may know kinds the listener does not.
+    """
+    voices = len(header.voices)
     try:
         norms = np.array([_float(x) for x in message["norms"]], dtype=np.float64)
         pitches = np.array([int(p) for p in message["pitches"]], dtype=np.int64)
@@ -143,7 +146,7 @@ def slot_from_message(message: dict, voices: int) -> Slot:
             raise ValueError("a negative count of steps present")
         events = []
         for e in message["events"]:
-            if e["kind"] not in DRUM_KEYS:
+            if e["kind"] not in header.drums:
                 raise ValueError(f"unknown event kind {e['kind']!r}")
             events.append(Event(int(e["step"]), str(e["kind"]), tuple(str(v) for v in e["voices"]),
                                 None if e["value"] is None else _float(e["value"])))

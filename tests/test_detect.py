@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradmidi.detect import Detector, SpikeSettings
+from gradmidi.events import Detector, SpikeSettings, StepValues
 
 
 def run(detector: Detector, norms: np.ndarray, losses=None, skipped=None) -> list:
     events = []
     for step, row in enumerate(norms):
         loss = None if losses is None else losses[step]
-        events += detector.step(step, np.asarray(row, dtype=float), np.ones(len(row), bool), loss,
-                                bool(skipped and step in skipped))
+        events += detector.step(StepValues(step, np.asarray(row, dtype=float), np.ones(len(row), bool), loss,
+                                           bool(skipped and step in skipped)))
     return events
 
 
@@ -67,3 +67,12 @@ def test_loss_spike_on_a_jump_and_on_non_finite_loss_throttled():
     events = run(Detector(["a"]), np.full((len(losses), 1), 0.1), losses=losses)
     loss_steps = [e.step for e in events if e.kind == "loss_spike"]
     assert loss_steps == [40, 51, 67]
+
+
+def test_nan_and_inf_keep_their_own_alarms_on_one_voice():
+    norms = np.full((40, 1), 0.1)
+    norms[10:12, 0] = np.nan
+    norms[12:30, 0] = np.inf  # NaN, then Inf on the same voice: both onsets sound
+    events = [(e.step, e.kind) for e in run(Detector(["a"], SpikeSettings(repeat_every=16)), norms)
+              if e.kind in ("nan", "inf")]
+    assert events == [(10, "nan"), (12, "inf"), (28, "inf")]

@@ -124,7 +124,7 @@ HEADER_FIELDS = [("title",), ("voices",), ("voices", 0), ("voices", 0, "channel"
                  ("mapping", "key"), ("mapping", "low_note"), ("mapping", "norm_range"), ("mapping", "velocity"),
                  ("mapping", "adaptive"), ("mapping", "adaptive_quantiles"), ("clock",), ("clock", "bpm"),
                  ("clock", "every"), ("clock", "slot_beats"), ("clock", "ticks_per_beat"), ("clock", "gate"),
-                 ("info",), ("info", "first_step")]
+                 ("info",), ("info", "first_step"), ("drums",), ("drums", "nan"), ("epoch_downbeat",)]
 
 
 def _with_header(real_score: bytes, change) -> bytes:
@@ -333,7 +333,7 @@ def test_property_classes_are_recorded():
     record("hypothesis: random bytes as a score (inspect, decode)", EXAMPLES, "one-line error every time")
     record("hypothesis: a real score truncated anywhere and bit-flipped up to 6 times (inspect, decode, play)",
            EXAMPLES, "one-line error or success, no traceback")
-    record("hypothesis: any JSON value in any of 23 header fields (inspect, decode, play)", EXAMPLES,
+    record(f"hypothesis: any JSON value in any of {len(HEADER_FIELDS)} header fields (inspect, decode, play)", EXAMPLES,
            "one-line error (a damaged header, and why), or success")
     record("hypothesis: hostile CSV and JSONL logs for gradmidi sonify, plus a damaged TensorBoard file", EXAMPLES + 1,
            "one-line error, or a score that reads back (inspect, decode)")
