@@ -30,6 +30,13 @@ class ScoreFile:
     ranges: list[tuple[int, tuple[float, float]]] = field(default_factory=list)  # (from slot, log range)
     last_slot: int = -1
 
+    def __repr__(self) -> str:
+        voices = len(self.header.voices)
+        events = Counter(kind for _, kind in self.drums)
+        heard = ", ".join(f"{kind} {n}" for kind, n in events.items()) or "no events"
+        return (f"<ScoreFile {self.path.name} {self.header.title!r}: {voices} voice{'s' if voices != 1 else ''}, "
+                f"{self.last_slot + 1} slots, {heard}>")
+
     @property
     def clock(self):
         return self.header.clock

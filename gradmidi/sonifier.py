@@ -339,8 +339,8 @@ class Sonifier:
     def __repr__(self) -> str:
         where = ", ".join(sink.name for sink in self.sinks) or ("nothing (not rank 0)" if not self.sounding else "no sink")
         state = "closed" if self._closed else f"step {self._steps}"
-        return (f"<Sonifier {self.header.title!r}: {len(self.voices)} voices, {self.header.clock.bpm:g} bpm, "
-                f"{state}, to {where}>")
+        voices = f"{len(self.voices)} voice{'s' if len(self.voices) != 1 else ''}"
+        return f"<Sonifier {self.header.title!r}: {voices}, {self.header.clock.bpm:g} bpm, {state}, to {where}>"
 
 
 class CapturedStep:
