@@ -63,7 +63,9 @@ def write_gradmidi(path: Path, notes: int) -> dict:
     voices = [Voice(i, f"layer{i}", (f"layer{i}",), "linear", i, 0) for i in range(VOICES)]
     header = ScoreHeader(voices, Mapping(), Clock(), "bench", {"first_step": 0})
     # A pool of slot records, re-indexed as they go: making records is the pipeline's work, not the writer's.
-    slots = [Slot(i, i, 1, np.ones(VOICES), pitches[i], velocities[i]) for i in range(POOL)]
+    log_range = (-4.0, 2.0)  # the default Mapping's, so no range change is written
+    slots = [Slot(i, i, 1, np.ones(VOICES), pitches[i], velocities[i], np.ones(VOICES, dtype=np.int64), log_range)
+             for i in range(POOL)]
     sink = MidiFileSink(path, flush_interval=2.0)
     sink.open(header)
     reset_peak()

@@ -73,8 +73,8 @@ class Arrangement:
                 out.append(_NONE)
                 continue
             out.append(Notes(
-                channel=np.full(n, self.channels[v]), key=pitches[sounding, v].astype(np.int64),
-                velocity=velocities[sounding, v].astype(np.int64), onset=starts[sounding] + self.offsets[v],
+                channel=np.full(n, self.channels[v]), key=pitches[sounding, v],
+                velocity=velocities[sounding, v], onset=starts[sounding] + self.offsets[v],
                 length=np.full(n, self.lengths[v]),
             ))
         return out

@@ -126,14 +126,14 @@ class MidiFileSink(Sink):
         off, ...), a slot's drum hits sound together (every on, then every off)."""
         n = len(notes)
         on = start + notes.onset
-        ticks = np.concatenate([on, on + notes.length])
+        together = n > 1 and notes.onset[1] == notes.onset[0]
+        ons, offs = (slice(0, n), slice(n, None)) if together else (slice(0, None, 2), slice(1, None, 2))
+        ticks = np.empty(2 * n, dtype=np.int64)
+        ticks[ons], ticks[offs] = on, on + notes.length
         events = np.empty((2 * n, 3), dtype=np.uint8)
-        events[:n, 0], events[n:, 0] = 0x90 | notes.channel, 0x80 | notes.channel
-        events[:n, 1] = events[n:, 1] = notes.key
-        events[:n, 2], events[n:, 2] = notes.velocity, 0
-        if n > 1 and notes.onset[1] != notes.onset[0]:  # one after another, not together
-            order = np.arange(2 * n).reshape(2, n).T.ravel()
-            ticks, events = ticks[order], events[order]
+        events[ons, 0], events[offs, 0] = 0x90 | notes.channel, 0x80 | notes.channel
+        events[ons, 1] = events[offs, 1] = notes.key
+        events[ons, 2], events[offs, 2] = notes.velocity, 0
         track.add_block(ticks, events)
 
     def tick(self) -> None:
