@@ -15,14 +15,31 @@ over that group are divided by its size first, so they count once. The sum keeps
 from __future__ import annotations
 
 import operator
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import repeat
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
 
 from .distributed import layer_class_name
 from .errors import GradmidiError
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
+    from torch.distributed.tensor import DTensor
+
+# One step's host copy: (host tensor, its copy's event or None when already on the host,
+# whether its last entry is the loss).
+_Part = tuple[torch.Tensor, "torch.Event | None", bool]
+# One entry of a device's plan: (indices into grads of one dtype and kind, layer index tensor on the device,
+# whether they are DTensors, their weights or None, whether any is sparse).
+_Entry = tuple[list[int], torch.Tensor, bool, "torch.Tensor | None", bool]
+_Plan = list[tuple[torch.device, list[_Entry]]]
+# FSDP2: (the sharding group, each parameter's weight, the home device of the local shards)
+_Sharding = tuple["ProcessGroup", np.ndarray, torch.device]
+
 
 @dataclass(frozen=True)
 class Layer:
@@ -52,17 +69,19 @@ class PendingNorms:
     """Host-side handle to one step's norms; ``result`` waits only on the gradmidi thread."""
 
     __slots__ = ("_parts", "_present", "_n", "_loss", "_reduced")
+    _loss: float | str | None  # float, None, or "buffer": the last entry of a part
 
     def set_loss(self, loss: float | None) -> None:
         """Gives a loss known only after capture (a Trainer's logs); a device loss given at launch wins."""
         if not isinstance(self._loss, str):
             self._loss = None if loss is None else float(loss)
 
-    def __init__(self, parts, present: np.ndarray, n_layers: int, loss, reduced=None) -> None:
-        self._parts = parts  # [(host tensor, event or None, has_loss)]
+    def __init__(self, parts: list[_Part], present: np.ndarray, n_layers: int, loss: float | str | None,
+                 reduced: tuple[torch.Tensor, Any] | None = None) -> None:
+        self._parts = parts
         self._present = present
         self._n = n_layers
-        self._loss = loss  # float, None, or "buffer": the last entry of a part
+        self._loss = loss
         self._reduced = reduced  # (per-layer squares, all-reduce work) under FSDP2
 
     def done(self) -> bool:
@@ -103,7 +122,7 @@ class NormCapture:
         self.layers = layers
         self._params = [p for layer in layers for p in layer.params]
         self._owner = np.array([i for i, layer in enumerate(layers) for _ in layer.params], dtype=np.int64)
-        self._plans: dict[tuple[int, ...], list] = {}
+        self._plans: dict[tuple[int, ...], _Plan] = {}
         self._all = tuple(range(len(self._params)))
         self._all_present = np.ones(len(layers), dtype=bool)
         self._all_present[np.setdiff1d(np.arange(len(layers)), self._owner)] = False
@@ -127,14 +146,17 @@ class NormCapture:
 
         ``only``: ids of the parameters to include (one optimizer's), the rest count as absent.
         """
-        grads = [p.grad for p in self._params]
-        if only is None and not any(map(operator.is_, grads, repeat(None))):
+        all_grads = [p.grad for p in self._params]
+        positions: Sequence[int]
+        if only is None and not any(map(operator.is_, all_grads, repeat(None))):
+            grads = cast("list[torch.Tensor]", all_grads)  # just checked: no None among them
             key = positions = self._all  # the usual step: every parameter has a gradient
             present = self._all_present
         else:
-            positions = [i for i, (p, g) in enumerate(zip(self._params, grads))
-                         if g is not None and (only is None or id(p) in only)]
-            grads = [grads[i] for i in positions]
+            picked = [(i, g) for i, (p, g) in enumerate(zip(self._params, all_grads, strict=True))
+                      if g is not None and (only is None or id(p) in only)]
+            positions = [i for i, _ in picked]
+            grads = [g for _, g in picked]
             key = tuple(positions)
             present = np.zeros(len(self.layers), dtype=bool)
             present[self._owner[positions]] = True
@@ -148,8 +170,8 @@ class NormCapture:
         host_loss = float(loss) if loss is not None and loss_tensor is None else None
         loss_device = loss_tensor.device if loss_tensor is not None else None
         if self._sharding is not None:
-            return self._launch_sharded(plan, grads, present, loss_tensor, host_loss)
-        parts = []
+            return self._launch_sharded(self._sharding, plan, grads, present, loss_tensor, host_loss)
+        parts: list[_Part] = []
         devices = [d for d, _ in plan]
         if loss_device is not None and loss_device not in devices:
             devices.append(loss_device)
@@ -157,36 +179,39 @@ class NormCapture:
         for device in devices:
             has_loss = device == loss_device
             totals = self._squares(device, groups.get(device, ()), grads, extra=int(has_loss))
-            if has_loss:
+            if has_loss and loss_tensor is not None:  # has_loss: loss_tensor is on this device
                 totals[-1] = loss_tensor.reshape(-1)[0]  # a device write, not a host read
             parts.append((*_to_host(totals), has_loss))
         return PendingNorms(parts, present, len(self.layers), "buffer" if loss_device is not None else host_loss)
 
-    def _launch_sharded(self, plan, grads, present, loss_tensor, host_loss) -> PendingNorms:
+    def _launch_sharded(self, sharding: _Sharding, plan: _Plan, grads: list[torch.Tensor], present: np.ndarray,
+                        loss_tensor: torch.Tensor | None, host_loss: float | None) -> PendingNorms:
         """Local squares, then one asynchronous all-reduce of every layer's squares together."""
         import torch.distributed as dist
 
-        group, home = self._sharding[0], self._sharding[2]
-        totals = None
+        group, home = sharding[0], sharding[2]
+        totals: torch.Tensor | None = None
         for device, entries in plan:
             squares = self._squares(device, entries, grads)
             totals = squares if totals is None else totals + squares.to(totals.device)
         if totals is None:  # no gradient on this rank: still take part in the collective
             totals = torch.zeros(len(self.layers), dtype=_acc_dtype(home), device=home)
         work = dist.all_reduce(totals, op=dist.ReduceOp.SUM, group=group, async_op=True)
-        parts = []
+        parts: list[_Part] = []
         if loss_tensor is not None:
             parts.append((*_to_host(loss_tensor.reshape(-1)[:1].to(torch.float64)), True))
         return PendingNorms(parts, present, len(self.layers), "buffer" if loss_tensor is not None else host_loss,
                             reduced=(totals, work))
 
-    def _squares(self, device: torch.device, entries, grads, extra: int = 0) -> torch.Tensor:
+    def _squares(self, device: torch.device, entries: Sequence[_Entry], grads: list[torch.Tensor],
+                 extra: int = 0) -> torch.Tensor:
         """Per-layer sums of squared gradient norms on one device (plus ``extra`` spare slots)."""
         acc_dtype = _acc_dtype(device)
         totals = torch.zeros(len(self.layers) + extra, dtype=acc_dtype, device=device)
         for idx, owners, local, weights, sparse in entries:
             if local:
-                tensors = [grads[j]._local_tensor for j in idx]
+                shards = cast("list[DTensor]", grads)  # the plan marked these as DTensors
+                tensors = [shards[j]._local_tensor for j in idx]
             elif sparse:
                 tensors = [_dense(grads[j]) for j in idx]
             else:  # the common case: no per-tensor Python beyond the gather
@@ -198,16 +223,15 @@ class NormCapture:
             totals.index_add_(0, owners, squares)
         return totals
 
-    def _plan(self, grads: list[torch.Tensor], positions: list[int]) -> list:
-        """Per device: [(indices into grads of one dtype and kind, layer index tensor on the device,
-        whether they are DTensors, their weights or None)]."""
-        by_device: dict[torch.device, dict[tuple, list[int]]] = {}
+    def _plan(self, grads: list[torch.Tensor], positions: list[int]) -> _Plan:
+        """Per device, the entries of ``_squares`` (see ``_Entry``)."""
+        by_device: dict[torch.device, dict[tuple[torch.dtype, bool], list[int]]] = {}
         for j, g in enumerate(grads):
             kind = (g.dtype, hasattr(g, "device_mesh"))  # a DTensor: its local shard is read
             by_device.setdefault(g.device, {}).setdefault(kind, []).append(j)
-        plan = []
+        plan: _Plan = []
         for device, by_kind in by_device.items():
-            entries = []
+            entries: list[_Entry] = []
             for (_, local), idx in by_kind.items():
                 params = [positions[j] for j in idx]
                 owners = _on_device(self._owner[params], device)
@@ -221,7 +245,7 @@ class NormCapture:
         return plan
 
 
-def _sharding(params: list[torch.nn.Parameter]):
+def _sharding(params: list[torch.nn.Parameter]) -> _Sharding | None:
     """(process group, per-parameter weights, home device) when parameters are sharded DTensors.
 
     The group is the one mesh dimension the parameters are sharded over (HSDP: the shard
@@ -237,7 +261,7 @@ def _sharding(params: list[torch.nn.Parameter]):
     if not dtensors:
         return None
     mesh = dtensors[0].device_mesh
-    dims = set()
+    dims: set[int] = set()
     for p in dtensors:
         if p.device_mesh != mesh:
             raise GradmidiError("gradmidi needs every sharded parameter on one device mesh; "
@@ -276,7 +300,7 @@ def _dense(g: torch.Tensor) -> torch.Tensor:
     return g.coalesce().values() if g.is_sparse else g
 
 
-def _to_host(totals: torch.Tensor):
+def _to_host(totals: torch.Tensor) -> tuple[torch.Tensor, torch.Event | None]:
     if totals.device.type == "cpu":
         return totals, None
     host = torch.empty(totals.shape, dtype=totals.dtype, pin_memory=totals.device.type == "cuda")

@@ -5,21 +5,29 @@ Every user mistake ends as one line on stderr and a non-zero exit, never a trace
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from dataclasses import fields as dataclasses_fields
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from . import __version__
 from .errors import GradmidiError
 
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .demo import Result
+
 
 class _Group(click.Group):
     """Turns library errors into click's one-line ``Error: ...`` and exit status 1."""
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except GradmidiError as exc:
@@ -40,7 +48,7 @@ def cli() -> None:
     """Listen to neural networks train: gradient norms as MIDI notes, NaNs and spikes as drums."""
 
 
-def _console(quiet: bool = False):
+def _console(quiet: bool = False) -> Console:
     from rich.console import Console
 
     console = Console(stderr=False, quiet=quiet, highlight=False)
@@ -59,7 +67,8 @@ def _console(quiet: bool = False):
 @click.option("--mnist", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Read MNIST from this local folder (torchvision layout) instead of the bundled digits.")
 @click.option("--seed", type=int, default=1, show_default=True,
-              help="Training seed. Batch-256 divergence is chaotic: about half of seeds overflow to NaN, the rest explode and die.")
+              help="Training seed. Batch-256 divergence is chaotic: about half of seeds overflow to NaN, "
+                   "the rest explode and die.")
 @click.option("--scale", default="minor_pentatonic", show_default=True)
 @click.option("--key", default="A", show_default=True)
 @click.option("--audio/--no-audio", default=True, show_default=True,
@@ -68,7 +77,8 @@ def _console(quiet: bool = False):
               help="Write an HTML page comparing the settings (needs matplotlib).")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the report's (or the output folder's) path.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def demo(out_dir, steps, settings, mnist, seed, scale, key, audio, report, quiet, as_json) -> None:
+def demo(out_dir: Path, steps: int, settings: tuple[str, ...], mnist: Path | None, seed: int, scale: str, key: str,
+         audio: bool, report: bool, quiet: bool, as_json: bool) -> None:
     """Train the seed experiment's CNN in its five settings and write one score per setting."""
     from . import demo as demo_mod
     from .mapping import Mapping
@@ -94,7 +104,7 @@ def demo(out_dir, steps, settings, mnist, seed, scale, key, audio, report, quiet
             task = progress.add_task(setting.label, total=steps)
             results.append(demo_mod.train_setting(
                 setting, data, out_dir, steps=steps, seed=seed, scale=scale, key=key, audio=audio,
-                on_step=lambda t=task: progress.advance(t),
+                on_step=functools.partial(progress.advance, task),
             ))
     report_page = None
     if report:
@@ -120,7 +130,7 @@ def demo(out_dir, steps, settings, mnist, seed, scale, key, audio, report, quiet
         console.print(f"Report: [bold]{report_page}[/]")
 
 
-def _result_json(result) -> dict:
+def _result_json(result: Result) -> dict[str, Any]:
     return {
         "setting": result.setting.name, "label": result.setting.label, "file": str(result.path),
         "audio": str(result.audio) if result.audio else None,
@@ -130,7 +140,7 @@ def _result_json(result) -> dict:
     }
 
 
-def _summary_table(results):
+def _summary_table(results: list[Result]) -> Table:
     from rich import box
     from rich.table import Table
 
@@ -160,7 +170,7 @@ def _summary_table(results):
 @cli.command()
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def inspect(file, as_json) -> None:
+def inspect(file: Path, as_json: bool) -> None:
     """Show a score's voices, programs, steps and events."""
     from .scorefile import read_score
 
@@ -195,7 +205,7 @@ def inspect(file, as_json) -> None:
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="CSV to write (columns step, voice, norm); default: standard output.")
-def decode(file, out) -> None:
+def decode(file: Path, out: Path | None) -> None:
     """Recover every sounded norm from a score (within half a scale step)."""
     from .scorefile import read_score
 
@@ -232,7 +242,8 @@ def decode(file, out) -> None:
               help="Processes for long scores (default: every core).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def render(file, out, soundfont, rate, loudness, raw, gain, jobs, quiet, as_json) -> None:
+def render(file: Path, out: Path | None, soundfont: Path | None, rate: int, loudness: float, raw: bool, gain: float,
+           jobs: int | None, quiet: bool, as_json: bool) -> None:
     """Render a score to audio through FluidSynth."""
     from .render import render as render_score
 
@@ -261,7 +272,7 @@ def render(file, out, soundfont, rate, loudness, raw, gain, jobs, quiet, as_json
 @cli.command()
 @click.option("--all", "show_all", is_flag=True, help="Also list fonts that are not complete General MIDI sets.")
 @click.option("--json", "as_json", is_flag=True)
-def fonts(show_all, as_json) -> None:
+def fonts(show_all: bool, as_json: bool) -> None:
     """List the General MIDI SoundFonts installed on this machine, and the one in use."""
     from .fonts import ENV_VAR, font_info, resolve_soundfont, system_fonts
 
@@ -285,7 +296,7 @@ def fonts(show_all, as_json) -> None:
 @cli.command()
 @click.option("--api", default=None, help="MIDI API: LINUX_ALSA, UNIX_JACK, MACOSX_CORE, WINDOWS_MM "
               "(default: $MIDO_BACKEND's, else the platform's).")
-def ports(api) -> None:
+def ports(api: str | None) -> None:
     """List the MIDI output ports live playback can use."""
     from .outputs import list_output_ports
 
@@ -305,7 +316,8 @@ def ports(api) -> None:
 @click.option("--soundfont", type=click.Path(path_type=Path), default=None, help="SoundFont for --synth.")
 @click.option("--api", default=None, help="MIDI API for --port (see 'gradmidi ports').")
 @click.option("-q", "--quiet", is_flag=True)
-def play(file, port, synth, driver, soundfont, api, quiet) -> None:
+def play(file: Path, port: str | None, synth: bool, driver: str | None, soundfont: Path | None, api: str | None,
+         quiet: bool) -> None:
     """Play a saved score live, to a MIDI port or the in-process synth."""
     from .outputs import open_output
     from .play import play_score
@@ -342,7 +354,8 @@ def play(file, port, synth, driver, soundfont, api, quiet) -> None:
 @click.option("--latency", type=click.FloatRange(0.05, 10), default=0.5, show_default=True,
               help="Most seconds of backlog played; more is merged (as live= does).")
 @click.option("-q", "--quiet", is_flag=True)
-def listen(address, port, synth, driver, soundfont, api, save, token, latency, quiet) -> None:
+def listen(address: str, port: str | None, synth: bool, driver: str | None, soundfont: Path | None, api: str | None,
+           save: Path | None, token: str | None, latency: float, quiet: bool) -> None:
     """Play a run served elsewhere (Sonifier(..., serve="HOST:PORT")) live; reconnects when it drops."""
     from .listen import Listener
     from .outputs import open_output
@@ -371,7 +384,7 @@ def listen(address, port, synth, driver, soundfont, api, save, token, latency, q
               help="Image to write: .png, .svg or .pdf (default: FILE with .png).")
 @click.option("--max-points", type=click.IntRange(100, 1_000_000), default=2000, show_default=True,
               help="Bins per voice for long runs (events are always all drawn).")
-def plot(file, out, max_points) -> None:
+def plot(file: Path, out: Path | None, max_points: int) -> None:
     """Draw a score: piano roll with event markers, decoded norms on a log axis."""
     from .plot import plot as plot_file
 
@@ -388,7 +401,7 @@ def plot(file, out, max_points) -> None:
 @click.option("--soundfont", type=click.Path(path_type=Path), default=None)
 @click.option("--title", default="gradmidi report", show_default=True)
 @click.option("-q", "--quiet", is_flag=True)
-def report(files, out, audio, soundfont, title, quiet) -> None:
+def report(files: tuple[Path, ...], out: Path, audio: bool, soundfont: Path | None, title: str, quiet: bool) -> None:
     """A static HTML page comparing runs: plot, audio, events and voices for each."""
     from .report import build_report
 

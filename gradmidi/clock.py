@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from .checks import flag, real, whole
 from .errors import GradmidiError
@@ -40,7 +41,7 @@ class Clock:
         real("gate", self.gate, 0.05, 1.0)
 
     @classmethod
-    def for_duration(cls, seconds: float, steps: int, **kwargs) -> Clock:
+    def for_duration(cls, seconds: float, steps: int, **kwargs: Any) -> Clock:
         """A clock that plays ``steps`` steps in about ``seconds`` seconds."""
         if seconds <= 0 or steps <= 0:
             raise GradmidiError("duration and total_steps must both be positive")

@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -127,12 +128,13 @@ def train_setting(
     seed: int = 1,
     on_step: Callable[[], None] | None = None,
     audio: bool = False,
-    **sonifier_options,
+    **sonifier_options: Any,
 ) -> Result:
     """Trains the seed CNN for ``steps`` steps under one setting, sounding every step."""
     torch.manual_seed(seed)
     images, labels = data
     model = SeedCNN()
+    opt: torch.optim.Optimizer
     if setting.optimizer == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=setting.lr, momentum=0.5)
     else:

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
@@ -40,7 +41,7 @@ INSTALL_HINT = (
 )
 
 
-def load_fluidsynth():
+def load_fluidsynth() -> ModuleType:
     """pyfluidsynth, with libfluidsynth behind it; a GradmidiError naming what to install otherwise."""
     try:
         # pyfluidsynth prints its library search to stdout when $CI is set: keep stdout ours.
@@ -153,7 +154,7 @@ def render_timeline(
             synth.delete()
 
 
-def _render_group(args) -> str:
+def _render_group(args: tuple[Timeline, Path, int, float, str]) -> str:
     """Worker process: renders some channels to a temporary .npy, returns its path."""
     timeline, soundfont, rate, tail, folder = args
     audio = render_timeline(timeline, soundfont, rate, tail)

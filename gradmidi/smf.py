@@ -15,8 +15,10 @@ import shutil
 import struct
 import tempfile
 import unicodedata
+from typing import IO
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 SEQUENCER_ID = b"\x7d"  # manufacturer id 0x7D: non-commercial use, ignored by every DAW
 HEADER_TAG = b"gradmidi"
@@ -106,7 +108,7 @@ class TrackSpool:
             self.size += len(self._pending)
             self._pending.clear()
 
-    def write_chunk(self, out, end_tick: int = 0) -> None:
+    def write_chunk(self, out: IO[bytes], end_tick: int = 0) -> None:
         """The track chunk; its End of Track sits at ``end_tick`` (the score's length) or later."""
         self._spill()
         self._file.flush()
@@ -119,7 +121,7 @@ class TrackSpool:
         self._file.close()
 
 
-def _copy_spool(spool, out, size: int) -> None:
+def _copy_spool(spool: IO[bytes], out: IO[bytes], size: int) -> None:
     """Copies a spool into ``out`` in the kernel where it can: a big score's flush then costs
     little CPU (no bytes pass through Python)."""
     out.flush()
@@ -148,7 +150,7 @@ def encode_block(ticks: np.ndarray, events: np.ndarray, last_tick: int = 0) -> b
     ticks = np.asarray(ticks, dtype=np.int64)
     deltas = np.diff(ticks, prepend=np.int64(last_tick))
     if deltas.min() < 0 or deltas.max() >= 1 << 28:
-        return b"".join(vlq(int(d)) + bytes(e) for d, e in zip(deltas, np.asarray(events, dtype=np.uint8)))
+        return b"".join(vlq(int(d)) + bytes(e) for d, e in zip(deltas, np.asarray(events, dtype=np.uint8), strict=True))
     size = 1 + (deltas >= 1 << 7) + (deltas >= 1 << 14) + (deltas >= 1 << 21)
     width = int(size.max())
     if width == size.min():  # the usual case (a steady grid): one row layout for every event
@@ -168,7 +170,7 @@ def encode_block(ticks: np.ndarray, events: np.ndarray, last_tick: int = 0) -> b
     return rows[np.arange(7) < (size + 3)[:, None]].tobytes()
 
 
-def write_file(out, tracks: list[TrackSpool], ticks_per_beat: int, end_tick: int = 0) -> None:
+def write_file(out: IO[bytes], tracks: list[TrackSpool], ticks_per_beat: int, end_tick: int = 0) -> None:
     out.write(b"MThd" + struct.pack(">IHHH", 6, 1, len(tracks), ticks_per_beat))
     for track in tracks:
         track.write_chunk(out, end_tick)
@@ -197,7 +199,7 @@ def read_smf(data: bytes) -> tuple[int, int, list[list[tuple[int, bytes]]]]:
     if division == 0:
         raise SMFError("zero ticks per beat")
     pos = 8 + length
-    tracks = []
+    tracks: list[list[tuple[int, bytes]]] = []
     for _ in range(ntracks):
         if data[pos : pos + 4] != b"MTrk":
             raise SMFError(f"track {len(tracks)} is missing or damaged (file truncated?)")
@@ -259,7 +261,7 @@ def tempo_map(tracks: list[list[tuple[int, bytes]]]) -> list[tuple[int, int]]:
     return [(0, 500_000)] + changes
 
 
-def ticks_to_seconds(ticks, tempos: list[tuple[int, int]], ticks_per_beat: int):
+def ticks_to_seconds(ticks: ArrayLike, tempos: list[tuple[int, int]], ticks_per_beat: int) -> np.ndarray:
     """Vectorised tick -> seconds through a tempo map."""
     import numpy as np
 

@@ -24,6 +24,8 @@ MAX_VOICES = len(MELODIC_CHANNELS)
 ROOT_NAME = "(root)"
 
 VoiceSpec = Sequence[str] | MappingABC[str, str | Sequence[str]]
+# A group of layers: (module path as parts, member indices, display name)
+_Group = tuple[list[str], list[int], str]
 
 
 def plan_voices(
@@ -91,8 +93,7 @@ def _groups_by_prefix(names: list[str], max_voices: int) -> list[tuple[str, list
     if len(names) <= max_voices:
         return [(n, [i]) for i, n in enumerate(names)]
     parts = [[] if n == ROOT_NAME else n.split(".") for n in names]
-    # A group: (path prefix as parts, member indices, display name)
-    groups: list[tuple[list[str], list[int], str]] = [([], list(range(len(names))), "all")]
+    groups: list[_Group] = [([], list(range(len(names))), "all")]
     progress = True
     while progress:
         progress = False
@@ -124,13 +125,13 @@ def _groups_by_prefix(names: list[str], max_voices: int) -> list[tuple[str, list
     return [(display or ROOT_NAME, sorted(members)) for _, members, display in groups]
 
 
-def _children(prefix: list[str], members: list[int], parts: list[list[str]]) -> list[tuple[list[str], list[int], str]]:
+def _children(prefix: list[str], members: list[int], parts: list[list[str]]) -> list[_Group]:
     depth = len(prefix)
     by_child: dict[str, list[int]] = {}
     for i in members:
         key = parts[i][depth] if len(parts[i]) > depth else ""  # "": the prefix module itself
         by_child.setdefault(key, []).append(i)
-    out = []
+    out: list[_Group] = []
     for key, idx in by_child.items():
         path = prefix + [key] if key else prefix
         if not key and len(by_child) > 1:
@@ -140,12 +141,12 @@ def _children(prefix: list[str], members: list[int], parts: list[list[str]]) -> 
     return out
 
 
-def _chunk(prefix, children, n):
+def _chunk(prefix: list[str], children: list[_Group], n: int) -> list[_Group]:
     """Cut ``children`` (in model order) into ``n`` contiguous groups named by their range."""
     bounds = np.linspace(0, len(children), n + 1).round().astype(int)
-    out = []
+    out: list[_Group] = []
     base = ".".join(prefix)
-    for a, b in zip(bounds[:-1], bounds[1:]):
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
         run = children[a:b]
         first, last = _child_key(run[0]), _child_key(run[-1])
         label = first if a + 1 == b else f"{first}-{last}"
@@ -154,7 +155,7 @@ def _chunk(prefix, children, n):
     return out
 
 
-def _child_key(child) -> str:
+def _child_key(child: _Group) -> str:
     """A child's own path component; the parent's own parameters are called 'self'."""
     path = child[0]
     return "self" if path and path[-1] == "\0self" else child[2].split(".")[-1]

@@ -13,6 +13,8 @@ Deterministic: the same numpy gives the same bytes.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -224,7 +226,7 @@ def program_variation(program: int) -> dict:
 
 
 # ---------------------------------------------------------------- drums
-def _shaped_noise(rng, n, low, high, rate):
+def _shaped_noise(rng: np.random.Generator, n: int, low: float, high: float, rate: int) -> np.ndarray:
     spectrum = np.fft.rfft(rng.normal(0, 1, n))
     freqs = np.fft.rfftfreq(n, 1 / rate)
     spectrum[(freqs < low) | (freqs > high)] = 0
@@ -253,7 +255,8 @@ def drum_samples() -> dict[str, Sample]:
     out["stick"] = sample("stick", np.exp(-x / 0.01) * (np.sin(2 * np.pi * 1700 * x)
                                                         + 0.5 * _shaped_noise(rng, len(x), 2000, 6000, rate) * 4))
     x = t(0.3)
-    bursts = sum(np.where(x >= d, np.exp(-(x - d) / (0.008 if d < 0.03 else 0.09)), 0) for d in (0, 0.011, 0.023, 0.034))
+    bursts = sum(np.where(x >= d, np.exp(-(x - d) / (0.008 if d < 0.03 else 0.09)), 0)
+                 for d in (0, 0.011, 0.023, 0.034))
     out["clap"] = sample("clap", bursts * _shaped_noise(rng, len(x), 800, 2600, rate))
     x = t(0.06)
     out["hat"] = sample("hat", np.exp(-x / 0.015) * _shaped_noise(rng, len(x), 7000, 14000, rate))
@@ -262,7 +265,8 @@ def drum_samples() -> dict[str, Sample]:
     x = t(0.4)
     out["tom"] = sample("tom", np.exp(-x / 0.14) * np.sin(2 * np.pi * np.cumsum(120 + 60 * np.exp(-x / 0.05)) / rate))
 
-    def metal(seconds, decay, partials, noise_band, noise_amp, seed):
+    def metal(seconds: float, decay: float, partials: Sequence[tuple[float, float]], noise_band: tuple[float, float],
+              noise_amp: float, seed: str) -> np.ndarray:
         x = t(seconds)
         r = _rng(seed)
         wave = sum(a * np.sin(2 * np.pi * f * x + r.uniform(0, 6.3)) for f, a in partials)
@@ -323,7 +327,7 @@ def build(path: Path = OUT) -> int:
         first = len(samples)
         samples += family_set
         zones = []
-        bounds = [0] + [(a + b) // 2 + 1 for a, b in zip(ROOTS, ROOTS[1:])] + [128]
+        bounds = [0] + [(a + b) // 2 + 1 for a, b in pairwise(ROOTS)] + [128]
         layers = [(-7, 0), (7, 1)] if spec["detune"] else [(0, None)]
         for fine, pan_side in layers:
             for i, _ in enumerate(ROOTS):

@@ -8,7 +8,9 @@ shdr; every list closed by a terminal record).
 
 from __future__ import annotations
 
+import os
 import struct
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,7 +18,8 @@ import numpy as np
 # Generator operators used here (SoundFont 2.01, section 8.1.2).
 GEN = {
     "initialFilterFc": 8, "initialFilterQ": 9, "modEnvToFilterFc": 11, "chorusEffectsSend": 15,
-    "reverbEffectsSend": 16, "pan": 17, "modLfoToVolume": 13, "freqModLFO": 22, "freqVibLFO": 24, "delayVibLFO": 23, "vibLfoToPitch": 6,
+    "reverbEffectsSend": 16, "pan": 17, "modLfoToVolume": 13, "freqModLFO": 22, "freqVibLFO": 24, "delayVibLFO": 23,
+    "vibLfoToPitch": 6,
     "attackModEnv": 26, "decayModEnv": 28, "sustainModEnv": 29, "releaseModEnv": 30,
     "attackVolEnv": 34, "holdVolEnv": 35, "decayVolEnv": 36, "sustainVolEnv": 37, "releaseVolEnv": 38,
     "keynumToVolEnvDecay": 40, "instrument": 41, "keyRange": 43, "velRange": 44,
@@ -84,12 +87,13 @@ def _gens(zone: Zone) -> list[bytes]:
     """Generators in the order the spec requires: keyRange, velRange first; sampleID/instrument last."""
     out = []
     items = dict(zone.generators)
-    for first in ("keyRange", "velRange"):
-        if first in items:
-            lo, hi = items.pop(first)
-            out.append(struct.pack("<HBB", GEN[first], lo, hi))
-    for name, value in items.items():
-        out.append(struct.pack("<Hh", GEN[name], int(value)))
+    ranges = [(first, items.pop(first)) for first in ("keyRange", "velRange") if first in items]
+    for name, value in ranges + list(items.items()):
+        if isinstance(value, tuple):  # a range (only keyRange and velRange are): two bytes, low and high
+            lo, hi = value
+            out.append(struct.pack("<HBB", GEN[name], lo, hi))
+        else:
+            out.append(struct.pack("<Hh", GEN[name], int(value)))
     if zone.sample is not None:
         out.append(struct.pack("<HH", GEN["sampleID"], zone.sample))
     if zone.instrument is not None:
@@ -97,8 +101,8 @@ def _gens(zone: Zone) -> list[bytes]:
     return out
 
 
-def write_sf2(path, name: str, samples: list[Sample], instruments: list[Instrument], presets: list[Preset],
-              copyright_: str = "", comment: str = "") -> int:
+def write_sf2(path: str | os.PathLike[str], name: str, samples: list[Sample], instruments: list[Instrument],
+              presets: list[Preset], copyright_: str = "", comment: str = "") -> int:
     """Writes the font; returns its size in bytes."""
     # sdta: all samples back to back, each followed by 46 zero samples.
     pcm, headers = [], []
@@ -113,8 +117,11 @@ def write_sf2(path, name: str, samples: list[Sample], instruments: list[Instrume
         offset = end + PADDING_ZEROS
     headers.append(struct.pack("<20sIIIIIBbHH", _name("EOS"), 0, 0, 0, 0, 0, 0, 0, 0, 0))
 
-    def bags_and_gens(items, zones_of):
-        bag, gen, mod = [], [], []
+    def bags_and_gens(items: Sequence[Instrument | Preset], zones_of: Callable[[Instrument | Preset], list[Zone]]
+                      ) -> tuple[list[bytes], list[bytes], list[bytes]]:
+        bag: list[bytes] = []
+        gen: list[bytes] = []
+        mod: list[bytes] = []
         for item in items:
             for zone in zones_of(item):
                 bag.append(struct.pack("<HH", len(gen), 0))

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import ModuleType
 
 from ..errors import GradmidiError
 
 SCORE_NAME = "gradmidi.mid"
 
 
-def score_path(path, default_dir) -> str:
+def score_path(path: str | os.PathLike[str] | None, default_dir: str | os.PathLike[str] | None) -> str:
     """The score's path: the one given, or ``gradmidi.mid`` in the framework's log folder.
 
     Every rank gets the same options: the Sonifier itself lets only global rank zero write,
@@ -21,7 +22,7 @@ def score_path(path, default_dir) -> str:
     return os.fspath(path)
 
 
-def require(module: str, extra: str):
+def require(module: str, extra: str) -> ModuleType:
     """Imports a framework lazily, or says which extra installs it."""
     import importlib
 

@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..sonifier import Sonifier
 from ._common import require, score_path
 
@@ -33,20 +35,20 @@ class SonifyCallback(L.Callback):
         self.path = path
         self.options = sonifier_options
         self.sonifier: Sonifier | None = None
-        self._loss = None
+        self._loss: torch.Tensor | None = None
 
-    def on_fit_start(self, trainer, pl_module) -> None:
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         path = score_path(self.path, trainer.log_dir or trainer.default_root_dir)
         if trainer.is_global_zero:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         # The LightningModule itself, not the strategy's wrapper: layer names without "module.".
         self.sonifier = Sonifier(pl_module, path, title=type(pl_module).__name__, **self.options)
 
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.sonifier is not None:
             self.sonifier.epoch(f"epoch {trainer.current_epoch}")
 
-    def on_before_backward(self, trainer, pl_module, loss) -> None:
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
         # Under accumulation each micro-batch's loss is already divided by their number: the
         # sum is the step's mean loss. Under 16-mixed the loss arrives scaled: undo it on the
         # device (the scale is a tensor; reading it as a number would sync).
@@ -56,21 +58,23 @@ class SonifyCallback(L.Callback):
             loss = loss / scale.to(loss.dtype)
         self._loss = loss if self._loss is None else self._loss + loss
 
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                                 optimizer: torch.optim.Optimizer) -> None:
         if self.sonifier is None:
             return
         several = len(trainer.optimizers) > 1
         self.sonifier.step(loss=self._loss, scaler=_scaler(trainer), optimizer=optimizer if several else None)
         self._loss = None
 
-    def on_exception(self, trainer, pl_module, exception) -> None:
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if self.sonifier is not None:
             self.sonifier.marker(f"exception: {type(exception).__name__}")
 
-    def teardown(self, trainer, pl_module, stage: str) -> None:
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.sonifier is not None:
             self.sonifier.close()
 
 
-def _scaler(trainer):
+def _scaler(trainer: L.Trainer) -> Any:
+    """The mixed-precision GradScaler, or None (its type depends on the precision plugin)."""
     return getattr(trainer.precision_plugin, "scaler", None)

@@ -13,15 +13,21 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import torch
+
+from ..errors import GradmidiError
 from ..sonifier import CapturedStep, Sonifier
 from ._common import require, score_path
 
-transformers = require("transformers", "transformers")
+if TYPE_CHECKING:
+    from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+else:  # at run time through require(), which names the extra to install when it is missing
+    TrainerCallback = require("transformers", "transformers").TrainerCallback
 
 
-class SonifyCallback(transformers.TrainerCallback):
+class SonifyCallback(TrainerCallback):
     """Sonifies a Trainer run; ``path`` defaults to ``gradmidi.mid`` in ``output_dir``.
 
     Every ``Sonifier`` option may be given. Only the world's process zero writes, plays or serves.
@@ -33,32 +39,40 @@ class SonifyCallback(transformers.TrainerCallback):
         self.sonifier: Sonifier | None = None
         self._held: CapturedStep | None = None
 
-    def on_train_begin(self, args, state, control, model=None, **kwargs) -> None:
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                       model: torch.nn.Module | None = None, **kwargs: Any) -> None:
+        if model is None:  # the Trainer always passes its model; a hand-made call might not
+            raise GradmidiError("SonifyCallback.on_train_begin needs the model (model=...)")
         path = score_path(self.path, args.output_dir)
         if state.is_world_process_zero:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.sonifier = Sonifier(model, path, title=type(model).__name__, **self.options)
 
-    def on_epoch_begin(self, args, state, control, **kwargs) -> None:
+    def on_epoch_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                       **kwargs: Any) -> None:
         if self.sonifier is not None:
             self._release()
             self.sonifier.epoch(f"epoch {round(state.epoch or 0) + 1}")
 
-    def on_pre_optimizer_step(self, args, state, control, **kwargs) -> None:
+    def on_pre_optimizer_step(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                              **kwargs: Any) -> None:
         if self.sonifier is not None:
             self._release()
             self._held = self.sonifier.capture()
 
-    def on_step_end(self, args, state, control, **kwargs) -> None:
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                    **kwargs: Any) -> None:
         # When the Trainer is about to log, the loss comes in on_log; otherwise it never will.
         if not control.should_log:
             self._release()
 
-    def on_log(self, args, state, control, logs=None, **kwargs) -> None:
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+               logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         loss = (logs or {}).get("loss")
         self._release(loss if isinstance(loss, (int, float)) else None)
 
-    def on_train_end(self, args, state, control, **kwargs) -> None:
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                     **kwargs: Any) -> None:
         if self.sonifier is not None:
             self._release()
             self.sonifier.close()
