@@ -459,8 +459,9 @@ def sonify(source, out, tags, like, scale, key, bpm, every, aggregate, spikes) -
         mapping, clock, how = header.mapping, header.clock, header.info.get("aggregate", "max")
         stored = header.info.get("spikes")
         if isinstance(stored, dict):  # written by Sonifier: "inf" stands for math.inf
-            settings = SpikeSettings(**{k: float(v) if isinstance(v, str) else v for k, v in stored.items()
-                                        if k in {f.name for f in dataclasses_fields(SpikeSettings)}})
+            known = {f.name for f in dataclasses_fields(SpikeSettings)}
+            values: dict[str, Any] = {k: float(v) if isinstance(v, str) else v for k, v in stored.items() if k in known}
+            settings = SpikeSettings(**values)
     mapping = dataclasses.replace(mapping, **{k: v for k, v in (("scale", scale), ("key", key)) if v is not None})
     clock = dataclasses.replace(clock, **{k: v for k, v in (("bpm", bpm), ("every", every)) if v is not None})
     if spikes:

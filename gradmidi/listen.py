@@ -152,7 +152,7 @@ class Listener:
             if isinstance(exc, GradmidiError):
                 raise
             raise GradmidiError(f"{where} sent a damaged welcome ({exc})") from None
-        except socket.timeout:
+        except TimeoutError:
             sock.close()
             raise GradmidiError(f"{where} did not answer within {CONNECT_SECONDS:g} s: not a gradmidi server?") \
                 from None
@@ -196,7 +196,7 @@ class Listener:
         else:
             if self._run is not None:  # the trainer restarted: a new score
                 self.close()
-                self._sinks = self._make_sinks(self._numbered(len(self.saved) + 1) if self.save else None)
+                self._sinks = self._make_sinks(self._numbered(self.save, len(self.saved) + 1) if self.save else None)
             self._run = welcome["run"]
             self._header = header
             self._offset = None
@@ -209,10 +209,12 @@ class Listener:
         sock.settimeout(0.5)
         heard = time.monotonic()
         while True:
+            header = self._header
+            assert header is not None  # set by the welcome, before any stream
             for message in queued:
                 kind = message["type"]
                 if kind == "slot":
-                    self._play(slot_from_message(message, self._header))
+                    self._play(slot_from_message(message, header), header)
                 elif kind == "end":
                     return True
                 elif kind == "refused":
@@ -221,7 +223,7 @@ class Listener:
                 self._session.tick()
             try:
                 data = sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 if time.monotonic() - heard > STALE_SECONDS:
                     raise _Dropped(f"nothing heard for {STALE_SECONDS:g} s") from None
                 queued = []
@@ -231,10 +233,10 @@ class Listener:
             heard = time.monotonic()
             queued = decoder.feed(data)
 
-    def _play(self, slot: Slot) -> None:
-        if self._offset is None:  # a late joiner's score starts where it joined
+    def _play(self, slot: Slot, header: ScoreHeader) -> None:
+        if self._offset is None or self._session is None:  # a late joiner's score starts where it joined
             self._offset = slot.index
-            self._open_sinks(slot)
+            self._session = self._open_session(slot, header)
         slot.index -= self._offset
         if slot.index <= self._last_index:
             return  # never play a slot twice
@@ -244,16 +246,16 @@ class Listener:
         self.slots += 1
         self._session.add_slot(slot)
 
-    def _open_sinks(self, first: Slot) -> None:
-        header = self._header
+    def _open_session(self, first: Slot, header: ScoreHeader) -> ScoreSession:
         first_step = int(header.info.get("first_step", 0)) + first.index * header.clock.every
         header = dataclasses.replace(header, info={**header.info, "first_step": first_step})
         if self.save is not None:
-            self.saved.append(self._numbered(len(self.saved) + 1))
-        self._session = ScoreSession(header, self._sinks)
+            self.saved.append(self._numbered(self.save, len(self.saved) + 1))
+        return ScoreSession(header, self._sinks)
 
-    def _numbered(self, n: int) -> Path:
-        return self.save if n == 1 else self.save.with_name(f"{self.save.stem}-{n}{self.save.suffix}")
+    @staticmethod
+    def _numbered(save: Path, n: int) -> Path:
+        return save if n == 1 else save.with_name(f"{save.stem}-{n}{save.suffix}")
 
 
 def _reason(exc: BaseException) -> str:

@@ -3,9 +3,11 @@
 Every output shares one protocol, as mido's ports do: ``send(message)`` takes raw MIDI bytes,
 ``panic()`` silences whatever it left sounding, ``alive()`` says whether its destination still
 exists, ``close()`` lets go of it. ``BaseOutput`` keeps the one tracker of sounding notes that
-panic needs, so no caller tracks notes itself; ``MemoryOutput`` records what it is sent, for tests. The MIDI API is the ``api`` argument, else the API named
-in mido's ``MIDO_BACKEND`` (``mido.backends.rtmidi/UNIX_JACK``), else the platform default.
-Nothing here opens the MIDI system at import time.
+panic needs, so no caller tracks notes itself; ``MemoryOutput`` records what it is sent, for tests.
+
+The MIDI API is the ``api`` argument, else the API named in mido's ``MIDO_BACKEND``
+(``mido.backends.rtmidi/UNIX_JACK``), else the platform default. Nothing here opens the MIDI
+system at import time.
 """
 
 from __future__ import annotations
@@ -172,7 +174,8 @@ class PortOutput(BaseOutput):
             try:
                 self._out.open_virtual_port(name)
             except Exception as exc:  # rtmidi: Windows MM has no virtual ports
-                raise GradmidiError(f"cannot make a virtual MIDI port here ({exc}); connect to a port instead")
+                raise GradmidiError(f"cannot make a virtual MIDI port here ({exc}); "
+                                    "connect to a port instead") from None
             self.name = name
         else:
             ports = self._out.get_ports()

@@ -117,6 +117,9 @@ class ScoreBuilder:
         return done
 
     def _close_slot(self) -> Slot:
+        index = self._slot
+        if index is None:
+            raise RuntimeError("no slot is open")  # callers close only an open slot
         if self._rows:
             present = np.vstack(self._present)
             norms = _aggregate(np.vstack(self._rows), present, self.aggregate)
@@ -126,8 +129,8 @@ class ScoreBuilder:
         self.mapper.observe(norms)
         pitches = self.mapper.pitches(norms)
         slot = Slot(
-            index=self._slot,
-            first_step=self.first_step + self._slot * self.clock.every,
+            index=index,
+            first_step=self.first_step + index * self.clock.every,
             steps=len(self._rows),
             norms=norms,
             pitches=pitches,

@@ -24,7 +24,7 @@ def play_score(path: str | os.PathLike, output: Output, progress: Callable[[floa
     start = time.monotonic()
     last_report = 0.0
     try:
-        for at, (_, message) in zip(seconds, events):
+        for at, (_, message) in zip(seconds, events, strict=True):
             while (left := start + at - time.monotonic()) > 0:
                 time.sleep(min(left, 0.25))
                 if progress and time.monotonic() - last_report > 0.25:

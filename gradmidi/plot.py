@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +25,7 @@ from .scorefile import ScoreFile, read_score
 class PlotResult:
     """What was drawn, for callers and tests: the figure, one legend label per voice, the events."""
 
-    figure: object
+    figure: Any  # a matplotlib Figure (matplotlib is imported only when drawing)
     voice_labels: list[str] = field(default_factory=list)
     events: list[tuple[int, str]] = field(default_factory=list)  # (step, kind), one per marker drawn
     epochs: list[int] = field(default_factory=list)
@@ -69,17 +70,17 @@ def plot_score(score: ScoreFile, max_points: int = 2000, title: str | None = Non
         x, y = _thin(steps, pitches, max_points)
         roll.scatter(x, y, s=6, marker="s", color=colour, label=label, linewidths=0)
         values = np.array([float(pitches_to_norms(np.array([p]), score.log_range_at(s), header.mapping)[0])
-                           for s, p in zip(slots, pitches)])
+                           for s, p in zip(slots, pitches, strict=True)])
         x, y = _thin(steps, values, max_points)
         norms_ax.plot(x, y, color=colour, linewidth=0.8)
         result.voice_labels.append(label)
     by_kind: dict[str, list[int]] = {}
     for slot, kind in score.drums:
         by_kind.setdefault(kind, []).append(score.step_of(slot))
-    for kind, steps in by_kind.items():
-        roll.vlines(steps, 0, 1, transform=roll.get_xaxis_transform(), colors=colour_of(kind),
-                    linewidth=0.8, alpha=0.8, label=f"event: {kind} ({len(steps)})")
-        result.events += [(s, kind) for s in steps]
+    for kind, at in by_kind.items():
+        roll.vlines(at, 0, 1, transform=roll.get_xaxis_transform(), colors=colour_of(kind),
+                    linewidth=0.8, alpha=0.8, label=f"event: {kind} ({len(at)})")
+        result.events += [(s, kind) for s in at]
     epochs = [score.step_of(slot) for slot, text in score.markers if text.startswith("epoch")]
     if epochs:
         for ax in (roll, norms_ax):

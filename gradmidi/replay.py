@@ -22,8 +22,8 @@ import numpy as np
 
 from . import __version__
 from .clock import Clock
-from .events import SpikeSettings
 from .errors import GradmidiError
+from .events import SpikeSettings
 from .mapping import Mapping
 from .score import ScoreHeader, StepRecord
 from .session import ScoreSession
@@ -106,7 +106,7 @@ def _column(header: list[str], choices: tuple[str, ...], path: Path) -> int:
 
 
 def _read_csv(path: Path) -> Series:
-    series, last = Series(), {}
+    series, last = Series(), dict[str, int]()
     with open(path, newline="") as f:
         rows = csv.reader(f)
         header = next(rows, [])
@@ -124,7 +124,7 @@ def _read_csv(path: Path) -> Series:
 
 
 def _read_jsonl(path: Path) -> Series:
-    series, last = Series(), {}
+    series, last = Series(), dict[str, int]()
     with open(path) as f:
         for line, text in enumerate(f, start=1):
             if not text.strip():
@@ -147,7 +147,7 @@ def _read_tensorboard(path: Path) -> Series:
     files = [path] if path.is_file() else sorted(path.rglob("*tfevents*"))
     if not files:
         raise GradmidiError(f"{path}: no TensorBoard event files (*tfevents*) here")
-    series, last = Series(), {}
+    series, last = Series(), dict[str, int]()
     for file in files:
         accumulator = ea.EventAccumulator(str(file), size_guidance={ea.SCALARS: 0, ea.TENSORS: 0})  # 0: keep all
         try:

@@ -67,7 +67,8 @@ def build_report(
     parsed = [(Path(p), read_score(p)) for p in scores]  # every input checked before anything is written
     out.mkdir(parents=True, exist_ok=True)
     problem = fluidsynth_available() if audio else "audio not asked for (--no-audio)"
-    pages, taken = [], set()
+    pages: list[RunPage] = []
+    taken: set[str] = set()
     for path, score in parsed:
         name = _slug(path, taken)
         if progress:
@@ -120,13 +121,13 @@ def _card(page: RunPage) -> str:
     audio = (f'<audio controls preload="metadata" src="{e(page.audio)}"></audio>' if page.audio
              else f'<p class="noaudio">no audio: {e(page.audio_problem or "")}</p>')
     voices = "".join(
-        f"<tr><td>{e(v.name)}</td><td>{e(', '.join(v.layers[:3]) + (f' +{len(v.layers) - 3}' if len(v.layers) > 3 else ''))}"
-        f"</td><td>{v.channel + 1}</td><td>{e(GM_PROGRAMS[v.program])}</td><td>{e(v.kind)}</td>"
+        f"<tr><td>{e(v.name)}</td><td>{e(_layers(v.layers))}</td><td>{v.channel + 1}</td>"
+        f"<td>{e(GM_PROGRAMS[v.program])}</td><td>{e(v.kind)}</td>"
         f"<td>{_pitch_range(page.score, v.index)}</td></tr>"
         for v in page.score.header.voices
     )
     events = [(page.score.step_of(slot), kind) for slot, kind in page.score.drums]
-    labels = {}
+    labels: dict[tuple[int, str], str] = {}
     for slot, text in page.score.markers:
         labels.setdefault((page.score.step_of(slot), text.split(" ", 1)[0]), text)
     rows = "".join(
@@ -143,6 +144,11 @@ def _card(page: RunPage) -> str:
             f'<img src="{e(page.image)}" alt="piano roll and gradient norms of {e(page.name)}">{audio}'
             f'<table class="voices"><tr><th>voice</th><th>layers</th><th>ch</th><th>instrument</th><th>kind</th>'
             f"<th>pitches</th></tr>{voices}</table>{event_table}</section>")
+
+
+def _layers(layers: tuple[str, ...]) -> str:
+    """The first three layer names, then how many more."""
+    return ", ".join(layers[:3]) + (f" +{len(layers) - 3}" if len(layers) > 3 else "")
 
 
 def _pitch_range(score: ScoreFile, voice: int) -> str:

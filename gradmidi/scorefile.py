@@ -81,7 +81,7 @@ class ScoreFile:
                 "pitch_range": [min(pitches), max(pitches)] if pitches else None,
             })
         kinds = Counter(kind for _, kind in self.drums)
-        first = {}
+        first: dict[str, int] = {}
         for slot, kind in self.drums:
             first.setdefault(kind, self.step_of(slot))
         clock = self.clock

@@ -16,9 +16,9 @@ from __future__ import annotations
 import math
 import os
 from collections import deque
-from dataclasses import asdict
 from collections.abc import Mapping as MappingABC
 from collections.abc import Sequence
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -37,8 +37,6 @@ from .session import ScoreSession
 from .sinks.base import Sink
 from .sinks.factory import LiveSpec, build_sinks, check_audio, check_user_sinks
 from .voices import plan_voices
-
-_MAPPING_DEFAULTS = {name: getattr(Mapping, name) for name in Mapping.__dataclass_fields__ if name != "pitch_classes"}
 
 
 class Sonifier:
@@ -138,20 +136,19 @@ class Sonifier:
         rank_zero_only: bool = True,
     ) -> None:
         _check_options(locals())
-        mapping_options = dict(scale=scale, key=key, low_note=low_note, high_note=high_note, norm_range=norm_range,
-                               velocity=velocity, adaptive=adaptive, adaptive_warmup=adaptive_warmup,
-                               adaptive_every=adaptive_every, adaptive_quantiles=adaptive_quantiles)
-        if mapping is None:
-            mapping = Mapping(**mapping_options)
-        elif any(value != _MAPPING_DEFAULTS[name] for name, value in mapping_options.items()):
+        given = Mapping(scale=scale, key=key, low_note=low_note, high_note=high_note, norm_range=norm_range,
+                        velocity=velocity, adaptive=adaptive, adaptive_warmup=adaptive_warmup,
+                        adaptive_every=adaptive_every, adaptive_quantiles=adaptive_quantiles)
+        if mapping is not None and given != Mapping():
             raise GradmidiError("give either mapping= or mapping options, not both")
-        clock_options = dict(slot_beats=slot_beats, every=every, arpeggio=arpeggio, gate=gate)
+        mapping = mapping or given
         if duration is not None:
             if not total_steps:
                 raise GradmidiError("duration= needs total_steps= (how many steps the run will take)")
-            clock = Clock.for_duration(duration, total_steps, **clock_options)
+            clock = Clock.for_duration(duration, total_steps, slot_beats=slot_beats, every=every, arpeggio=arpeggio,
+                                       gate=gate)
         else:
-            clock = Clock(bpm=bpm, **clock_options)
+            clock = Clock(bpm=bpm, slot_beats=slot_beats, every=every, arpeggio=arpeggio, gate=gate)
         user_sinks = check_user_sinks(sinks)
 
         self.rank, world = rank_and_world()
@@ -337,7 +334,7 @@ class Sonifier:
         self.close()
 
     def __repr__(self) -> str:
-        where = ", ".join(sink.name for sink in self.sinks) or ("nothing (not rank 0)" if not self.sounding else "no sink")
+        where = ", ".join(sink.name for sink in self.sinks) or ("no sink" if self.sounding else "nothing (not rank 0)")
         state = "closed" if self._closed else f"step {self._steps}"
         voices = f"{len(self.voices)} voice{'s' if len(self.voices) != 1 else ''}"
         return f"<Sonifier {self.header.title!r}: {voices}, {self.header.clock.bpm:g} bpm, {state}, to {where}>"

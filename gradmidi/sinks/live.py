@@ -11,6 +11,7 @@ held to ``max_latency`` seconds by merging pending slots with the run's own aggr
 from __future__ import annotations
 
 import heapq
+import itertools
 import sys
 import threading
 import time
@@ -168,7 +169,7 @@ class LiveSink(Sink):
         pending = list(self._pending)
         self._pending.clear()
         bounds = np.linspace(0, len(pending), capacity + 1).round().astype(int)
-        groups = [pending[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+        groups = [pending[a:b] for a, b in itertools.pairwise(bounds) if b > a]
         self.merged += len(pending) - len(groups)
         merged = [merge_slots(group, self.aggregate, self.header.mapping) for group in groups]
         self._pending.extend(merged[1:])
@@ -182,7 +183,7 @@ class LiveSink(Sink):
         sent_at = time.monotonic()
         for channel, key, velocity, onset, length in zip(notes.channel.tolist(), notes.key.tolist(),
                                                          notes.velocity.tolist(), notes.onset.tolist(),
-                                                         notes.length.tolist()):
+                                                         notes.length.tolist(), strict=True):
             on = bytes([0x90 | channel, key, velocity])
             if onset:
                 heapq.heappush(offs, (start + onset * tick_seconds, seq, on))

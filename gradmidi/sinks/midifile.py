@@ -66,7 +66,7 @@ class MidiFileSink(Sink):
         conductor.add(0, meta(0x58, bytes([4, 2, 24, 8])))  # 4/4
         conductor.add(0, json_meta(HEADER_TAG, header.to_dict()))
         self._tracks = [conductor]
-        for voice, program in zip(header.voices, self.arrangement.programs()):
+        for voice, program in zip(header.voices, self.arrangement.programs(), strict=True):
             track = TrackSpool()
             track.add(0, text_meta(0x03, voice.name))
             track.add(0, text_meta(0x04, voice.kind))  # instrument name: the layer kind

@@ -24,8 +24,16 @@ from collections import deque
 
 from ..errors import GradmidiError
 from ..score import ScoreHeader, Slot
-from ..wire import MAX_LISTENER_FRAME, PROTOCOL, FrameDecoder, FrameError, encode, is_loopback, parse_address, \
-    slot_message
+from ..wire import (
+    MAX_LISTENER_FRAME,
+    PROTOCOL,
+    FrameDecoder,
+    FrameError,
+    encode,
+    is_loopback,
+    parse_address,
+    slot_message,
+)
 from .base import Sink
 
 log = logging.getLogger("gradmidi.serve")
