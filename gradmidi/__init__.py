@@ -6,6 +6,8 @@ NaN, Inf, spikes and skipped mixed-precision steps become percussion and markers
 
 __version__ = "0.1.0"
 
+from typing import TYPE_CHECKING  # noqa: E402
+
 from .clock import Clock  # noqa: E402
 from .errors import GradmidiError  # noqa: E402
 from .events import EventKind, SpikeSettings  # noqa: E402
@@ -14,6 +16,10 @@ from .instruments import GM_PROGRAMS  # noqa: E402
 from .mapping import SCALES, Mapping  # noqa: E402
 from .scorefile import ScoreFile, read_score  # noqa: E402
 from .sinks.base import Sink  # noqa: E402
+
+if TYPE_CHECKING:  # type checkers and editors see them; at run time they load on first use
+    from .render import render
+    from .sonifier import Sonifier
 
 
 def __getattr__(name):

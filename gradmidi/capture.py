@@ -18,7 +18,7 @@ import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import repeat
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import numpy as np
 import torch
@@ -30,15 +30,20 @@ if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
     from torch.distributed.tensor import DTensor
 
-# One step's host copy: (host tensor, its copy's event or None when already on the host,
-# whether its last entry is the loss).
-_Part = tuple[torch.Tensor, "torch.Event | None", bool]
 # One entry of a device's plan: (indices into grads of one dtype and kind, layer index tensor on the device,
 # whether they are DTensors, their weights or None, whether any is sparse).
 _Entry = tuple[list[int], torch.Tensor, bool, "torch.Tensor | None", bool]
 _Plan = list[tuple[torch.device, list[_Entry]]]
 # FSDP2: (the sharding group, each parameter's weight, the home device of the local shards)
 _Sharding = tuple["ProcessGroup", np.ndarray, torch.device]
+
+
+class HostCopy(NamedTuple):
+    """One device's per-layer squares on their way to the host."""
+
+    values: torch.Tensor  # on the host (pinned), or the device tensor itself when that is the CPU
+    ready: torch.Event | None  # read only after this event completes; None: already on the host
+    ends_with_loss: bool  # the last entry is the step's loss, written on the device (never read there)
 
 
 @dataclass(frozen=True)
@@ -69,14 +74,13 @@ class PendingNorms:
     """Host-side handle to one step's norms; ``result`` waits only on the gradmidi thread."""
 
     __slots__ = ("_parts", "_present", "_n", "_loss", "_reduced")
-    _loss: float | str | None  # float, None, or "buffer": the last entry of a part
 
     def set_loss(self, loss: float | None) -> None:
         """Gives a loss known only after capture (a Trainer's logs); a device loss given at launch wins."""
-        if not isinstance(self._loss, str):
+        if not any(part.ends_with_loss for part in self._parts):
             self._loss = None if loss is None else float(loss)
 
-    def __init__(self, parts: list[_Part], present: np.ndarray, n_layers: int, loss: float | str | None,
+    def __init__(self, parts: list[HostCopy], present: np.ndarray, n_layers: int, loss: float | None,
                  reduced: tuple[torch.Tensor, Any] | None = None) -> None:
         self._parts = parts
         self._present = present
@@ -95,16 +99,16 @@ class PendingNorms:
     def result(self) -> tuple[np.ndarray, np.ndarray, float | None]:
         """(per-layer norms, which layers had a gradient, loss)."""
         squares = np.zeros(self._n, dtype=np.float64)
-        loss = self._loss if not isinstance(self._loss, str) else None
+        loss = self._loss
         if self._reduced is not None:
             totals, work = self._reduced
             work.wait()
             squares += totals.cpu().numpy()
-        for host, event, has_loss in self._parts:
-            if event is not None:
-                event.synchronize()
-            values = host.numpy().astype(np.float64, copy=False)
-            if has_loss:
+        for part in self._parts:
+            if part.ready is not None:
+                part.ready.synchronize()
+            values = part.values.numpy().astype(np.float64, copy=False)
+            if part.ends_with_loss:
                 loss = float(values[-1])
                 values = values[:-1]
             if len(values):
@@ -171,7 +175,7 @@ class NormCapture:
         loss_device = loss_tensor.device if loss_tensor is not None else None
         if self._sharding is not None:
             return self._launch_sharded(self._sharding, plan, grads, present, loss_tensor, host_loss)
-        parts: list[_Part] = []
+        parts: list[HostCopy] = []
         devices = [d for d, _ in plan]
         if loss_device is not None and loss_device not in devices:
             devices.append(loss_device)
@@ -181,8 +185,8 @@ class NormCapture:
             totals = self._squares(device, groups.get(device, ()), grads, extra=int(has_loss))
             if has_loss and loss_tensor is not None:  # has_loss: loss_tensor is on this device
                 totals[-1] = loss_tensor.reshape(-1)[0]  # a device write, not a host read
-            parts.append((*_to_host(totals), has_loss))
-        return PendingNorms(parts, present, len(self.layers), "buffer" if loss_device is not None else host_loss)
+            parts.append(HostCopy(*_to_host(totals), has_loss))
+        return PendingNorms(parts, present, len(self.layers), host_loss)
 
     def _launch_sharded(self, sharding: _Sharding, plan: _Plan, grads: list[torch.Tensor], present: np.ndarray,
                         loss_tensor: torch.Tensor | None, host_loss: float | None) -> PendingNorms:
@@ -197,11 +201,10 @@ class NormCapture:
         if totals is None:  # no gradient on this rank: still take part in the collective
             totals = torch.zeros(len(self.layers), dtype=_acc_dtype(home), device=home)
         work = dist.all_reduce(totals, op=dist.ReduceOp.SUM, group=group, async_op=True)
-        parts: list[_Part] = []
+        parts: list[HostCopy] = []
         if loss_tensor is not None:
-            parts.append((*_to_host(loss_tensor.reshape(-1)[:1].to(torch.float64)), True))
-        return PendingNorms(parts, present, len(self.layers), "buffer" if loss_tensor is not None else host_loss,
-                            reduced=(totals, work))
+            parts.append(HostCopy(*_to_host(loss_tensor.reshape(-1)[:1].to(torch.float64)), True))
+        return PendingNorms(parts, present, len(self.layers), host_loss, reduced=(totals, work))
 
     def _squares(self, device: torch.device, entries: Sequence[_Entry], grads: list[torch.Tensor],
                  extra: int = 0) -> torch.Tensor:
