@@ -268,3 +268,39 @@ def test_the_readmes_own_sink_example_runs_and_prints_what_it_promises(tmp_path)
     lines = done.stdout.splitlines()
     assert lines and all(line.startswith(("step ", "event: ")) for line in lines)
     assert sum(line.startswith("step ") for line in lines) == 3  # slots 0, 10 and 20 of 30
+
+
+@pytest.mark.parametrize("module", ["lightning", "transformers"])
+def test_a_callback_refuses_an_unknown_sonifier_option_when_it_is_made(module):
+    import importlib
+
+    callback = importlib.import_module(f"gradmidi.integrations.{module}").SonifyCallback
+    with pytest.raises(gradmidi.GradmidiError, match="unknown Sonifier option 'scael' \\(did you mean scale\\?\\)"):
+        callback(scael="dorian")
+    assert callback(scale="dorian", bpm=90).options == {"scale": "dorian", "bpm": 90}
+
+
+def test_the_readmes_own_event_kind_example_reaches_the_score(tmp_path):
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("### Events: the drum channel", 1)[1].split("\n## ", 1)[0]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    script = tmp_path / "own_kind.py"
+    script.write_text(code + f'''
+import torch
+model = torch.nn.Linear(3, 1)
+with gradmidi.Sonifier(model, {str(tmp_path / "kind.mid")!r}) as son:
+    for step in range(12):
+        model.zero_grad()
+        loss = model(torch.randn(4, 3)).pow(2).mean() * 0.01 + (5.0 if step == 7 else 0.0)
+        loss.backward()
+        son.step(loss=loss)
+''')
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    score = gradmidi.read_score(tmp_path / "kind.mid")  # read in this process, where the kind is not registered
+    assert score.header.drums["loss_high"] == 75
+    assert (7, "loss_high") in [(score.step_of(slot), kind) for slot, kind in score.drums]
+    assert score.summary()["events"]["loss_high"] == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from ..errors import GradmidiError
 
@@ -20,6 +21,22 @@ def score_path(path: str | os.PathLike[str] | None, default_dir: str | os.PathLi
     if path is None:
         path = Path(default_dir or ".") / SCORE_NAME
     return os.fspath(path)
+
+
+def sonifier_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Checks a callback's Sonifier options when the callback is made, not when training starts."""
+    import difflib
+    import inspect
+
+    from ..sonifier import Sonifier
+
+    allowed = [name for name in inspect.signature(Sonifier).parameters if name not in ("model", "path", "title")]
+    for name in options:
+        if name not in allowed:
+            close = difflib.get_close_matches(name, allowed, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise GradmidiError(f"unknown Sonifier option {name!r}{hint}")
+    return dict(options)
 
 
 def require(module: str, extra: str) -> ModuleType:

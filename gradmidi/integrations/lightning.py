@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ..sonifier import Sonifier
-from ._common import require, score_path
+from ._common import require, score_path, sonifier_options
 
 try:  # the unified package; the standalone pytorch_lightning has the same API
     import lightning.pytorch as L
@@ -30,10 +30,10 @@ class SonifyCallback(L.Callback):
     optimizer step is a slot of its own in which the layers that optimizer updates sound.
     """
 
-    def __init__(self, path: str | os.PathLike | None = None, **sonifier_options: Any) -> None:
+    def __init__(self, path: str | os.PathLike | None = None, **options: Any) -> None:
         super().__init__()
         self.path = path
-        self.options = sonifier_options
+        self.options = sonifier_options(options)
         self.sonifier: Sonifier | None = None
         self._loss: torch.Tensor | None = None
 

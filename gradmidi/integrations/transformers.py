@@ -19,7 +19,7 @@ import torch
 
 from ..errors import GradmidiError
 from ..sonifier import CapturedStep, Sonifier
-from ._common import require, score_path
+from ._common import require, score_path, sonifier_options
 
 if TYPE_CHECKING:
     from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
@@ -33,9 +33,9 @@ class SonifyCallback(TrainerCallback):
     Every ``Sonifier`` option may be given. Only the world's process zero writes, plays or serves.
     """
 
-    def __init__(self, path: str | os.PathLike | None = None, **sonifier_options: Any) -> None:
+    def __init__(self, path: str | os.PathLike | None = None, **options: Any) -> None:
         self.path = path
-        self.options = sonifier_options
+        self.options = sonifier_options(options)
         self.sonifier: Sonifier | None = None
         self._held: CapturedStep | None = None
 

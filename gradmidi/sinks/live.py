@@ -49,6 +49,7 @@ def _quicker_thread_switching(on: bool) -> None:
 
 
 HEALTH_SECONDS = 1.0  # how often the scheduler checks that its port still exists
+HEALTH_SLACK = 0.02  # ... when nothing is due for this long
 
 
 class LiveSink(Sink):
@@ -140,10 +141,6 @@ class LiveSink(Sink):
                     now = time.monotonic()
                     while offs and offs[0][0] <= now:
                         self.output.send(heapq.heappop(offs)[2])
-                    if now - last_health >= HEALTH_SECONDS:
-                        last_health = now
-                        if not self.output.alive():
-                            raise RuntimeError(f"{self.output.name} is gone")
                     if self._stopping and not self._drain:
                         self._pending.clear()
                     if self._stopping and not self._pending and not offs:
@@ -157,6 +154,13 @@ class LiveSink(Sink):
                     if self._pending:
                         deadlines.append(start)
                     target = min(deadlines, default=now + HEALTH_SECONDS)
+                    # Asking a port whether it still exists can take milliseconds (JACK): only with time to spare.
+                    if now - last_health >= HEALTH_SECONDS and (target - now > HEALTH_SLACK or
+                                                                now - last_health >= 4 * HEALTH_SECONDS):
+                        last_health = now
+                        if not self.output.alive():
+                            raise RuntimeError(f"{self.output.name} is gone")
+                        continue
                     if target - now > 0.002:  # the condition wakes early for a new slot or close()
                         self._cond.wait(min(target - now - 0.001, HEALTH_SECONDS))
                         continue
