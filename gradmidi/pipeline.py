@@ -13,7 +13,7 @@ import numpy as np
 from .errors import GradmidiError
 from .events import Detector, SpikeSettings, StepValues
 from .mapping import Mapping, PitchMapper, norms_to_pitches, pitches_to_velocities
-from .score import Event, ScoreHeader, Slot
+from .score import Event, ScoreHeader, Slot, StepRecord
 
 AGGREGATES = ("max", "rms", "last")
 
@@ -72,14 +72,12 @@ class ScoreBuilder:
         norms[~voice_present] = np.nan
         return norms, voice_present
 
-    def add_step(
-        self, step: int, layer_norms: np.ndarray, present: np.ndarray, loss: float | None = None,
-        skipped: bool = False,
-    ) -> list[Slot]:
-        """Adds one step; returns the slots this step completed (usually zero or one)."""
+    def add_step(self, record: StepRecord) -> list[Slot]:
+        """Adds one step's per-layer values; returns the slots it completed (usually zero or one)."""
+        step, loss = record.step, record.loss
         if self._last_step is not None and step <= self._last_step:
             raise GradmidiError(f"step {step} arrived after step {self._last_step}: steps must increase")
-        layer_norms, present = np.asarray(layer_norms, dtype=np.float64), np.asarray(present, dtype=bool)
+        layer_norms, present = np.asarray(record.norms, dtype=np.float64), np.asarray(record.present, dtype=bool)
         if layer_norms.shape != self.assignment.shape or present.shape != self.assignment.shape:
             raise GradmidiError(f"step {step}: {layer_norms.size} norms and {present.size} present flags for "
                                 f"{self.assignment.size} layers; give one of each per layer")
@@ -87,7 +85,7 @@ class ScoreBuilder:
         norms, voice_present = self.voice_norms(layer_norms, present)
         slot = self.clock.slot_of(step - self.first_step)
         done = self._advance(slot)
-        self._events += self.detector.step(StepValues(step, norms, voice_present, loss, skipped))
+        self._events += self.detector.step(StepValues(step, norms, voice_present, loss, record.skipped))
         self._rows.append(norms)
         self._present.append(voice_present)
         if loss is not None:

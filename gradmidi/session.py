@@ -181,7 +181,7 @@ class ScoreSession:
             slots = self._builder.add_marker(item.step, item.text)
         else:
             record = item if isinstance(item, StepRecord) else item.record()
-            slots = self._builder.add_step(record.step, record.norms, record.present, record.loss, record.skipped)
+            slots = self._builder.add_step(record)
         for slot in slots:
             self._emit(slot)
 

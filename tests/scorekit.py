@@ -12,7 +12,7 @@ import gradmidi
 from gradmidi.clock import Clock
 from gradmidi.mapping import Mapping, half_step_log
 from gradmidi.pipeline import ScoreBuilder
-from gradmidi.score import ScoreHeader
+from gradmidi.score import ScoreHeader, StepRecord
 from gradmidi.sinks.midifile import MidiFileSink
 from gradmidi.voices import plan_voices
 
@@ -32,7 +32,7 @@ def make_score(
     sink.open(header)
     for step in range(steps):
         values, present = norms(step)
-        for slot in builder.add_step(step, np.asarray(values, float), np.asarray(present, bool)):
+        for slot in builder.add_step(StepRecord(step, np.asarray(values, float), np.asarray(present, bool))):
             sink.emit(slot)
     for slot in builder.finish():
         sink.emit(slot)

@@ -20,7 +20,7 @@ from gradmidi.events import LEGACY_DRUMS, EventKind, StepValues
 from gradmidi.instruments import DRUM_CHANNEL
 from gradmidi.mapping import Mapping
 from gradmidi.pipeline import ScoreBuilder
-from gradmidi.score import Event, ScoreHeader
+from gradmidi.score import Event, ScoreHeader, StepRecord
 from gradmidi.scorefile import load_tracks
 from gradmidi.sinks.midifile import MidiFileSink
 from gradmidi.voices import plan_voices
@@ -80,7 +80,7 @@ def write_score(path: Path, steps: int = 40, losses=None, nan_at: int | None = N
         if step == nan_at:
             norms[0] = np.nan
         loss = None if losses is None else losses(step)
-        for slot in builder.add_step(step, norms, np.ones(len(LAYERS), bool), loss):
+        for slot in builder.add_step(StepRecord(step, norms, np.ones(len(LAYERS), bool), loss)):
             sink.emit(slot)
     for slot in builder.finish():
         sink.emit(slot)

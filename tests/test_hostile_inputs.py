@@ -29,7 +29,7 @@ from gradmidi.clock import Clock
 from gradmidi.errors import GradmidiError
 from gradmidi.mapping import Mapping, norms_to_pitches
 from gradmidi.pipeline import ScoreBuilder
-from gradmidi.score import ScoreHeader
+from gradmidi.score import ScoreHeader, StepRecord
 from gradmidi.smf import HEADER_TAG, encode_smf, json_meta, parse_json_meta, read_smf
 from gradmidi.voices import plan_voices
 from reliabilitykit import FULL, child_env, fuzz_examples, record
@@ -306,7 +306,7 @@ def test_any_float_norms_go_through_the_pipeline(values, present):
     builder = ScoreBuilder(ScoreHeader(voices, Mapping(), Clock(), "t"), assignment, aggregate="rms")
     slots = []
     for step in range(3):
-        slots += builder.add_step(step, np.array(values), np.array(present))
+        slots += builder.add_step(StepRecord(step, np.array(values), np.array(present)))
     slots += builder.finish()
     assert len(slots) == 3
     for slot in slots:
@@ -324,8 +324,8 @@ def test_norm_lists_of_the_wrong_length_are_a_clear_error():
     builder = ScoreBuilder(ScoreHeader(voices, Mapping(), Clock(), "t"), assignment)
     for norms, present in (([1.0], [True, True]), ([1.0, 2.0, 3.0], [True, True, True]), ([1.0, 2.0], [True])):
         with pytest.raises(GradmidiError, match="give one of each per layer"):
-            builder.add_step(0, np.array(norms), np.array(present))
-    assert len(builder.add_step(0, np.array([1.0, 2.0]), np.array([True, True]))) == 1  # and it goes on
+            builder.add_step(StepRecord(0, np.array(norms), np.array(present)))
+    assert len(builder.add_step(StepRecord(0, np.array([1.0, 2.0]), np.array([True, True])))) == 1  # and it goes on
 
 
 def test_property_classes_are_recorded():

@@ -27,7 +27,7 @@ from gradmidi.listen import Listener
 from gradmidi.mapping import Mapping, norms_to_pitches
 from gradmidi.outputs import BaseOutput, MemoryOutput, Output, PortOutput, SynthOutput
 from gradmidi.pipeline import ScoreBuilder, merge_slots
-from gradmidi.score import ScoreHeader, Slot
+from gradmidi.score import ScoreHeader, Slot, StepRecord
 from gradmidi.scorefile import load_tracks
 from gradmidi.sinks.base import Sink
 from gradmidi.sinks.live import LiveSink
@@ -143,8 +143,8 @@ def test_merged_slots_equal_the_aggregation_of_all_their_steps(how):
     coarse = ScoreBuilder(ScoreHeader(voices, Mapping(), Clock(every=4), "t"), assignment, aggregate=how)
     fine_slots, coarse_slots = [], []
     for step in range(24):
-        fine_slots += fine.add_step(step, norms[step], present[step])
-        coarse_slots += coarse.add_step(step, norms[step], present[step])
+        fine_slots += fine.add_step(StepRecord(step, norms[step], present[step]))
+        coarse_slots += coarse.add_step(StepRecord(step, norms[step], present[step]))
     assert len(fine_slots) == 24 and len(coarse_slots) == 6
     for i, expected in enumerate(coarse_slots):
         merged = merge_slots(fine_slots[4 * i:4 * i + 4], how, Mapping())

@@ -21,7 +21,7 @@ SOAK = textwrap.dedent(
     from gradmidi.clock import Clock
     from gradmidi.mapping import Mapping
     from gradmidi.pipeline import ScoreBuilder
-    from gradmidi.score import ScoreHeader
+    from gradmidi.score import ScoreHeader, StepRecord
     from gradmidi.sinks.midifile import MidiFileSink
     from gradmidi.voices import plan_voices
 
@@ -44,7 +44,7 @@ SOAK = textwrap.dedent(
     rss, started = [], time.monotonic()
     for step in range(steps):
         norms = base * (1 + 0.5 * np.sin(step / 50 + np.arange(layers)))  # deterministic, known per step
-        for slot in builder.add_step(step, norms, present):
+        for slot in builder.add_step(StepRecord(step, norms, present)):
             sink.emit(slot)
         if step % 1000 == 999:
             sink.tick()  # as the worker does: the file is rewritten every 2 s throughout
