@@ -484,10 +484,12 @@ def _settings_text(text: str, kind) -> dict:
         if not sep or name not in fields:
             raise GradmidiError(f"--spikes: expected NAME=VALUE with NAME one of {', '.join(fields)}, not {part!r}")
         default = getattr(kind, name)
+        whole_number = isinstance(default, int)
         try:
-            out[name] = int(value) if isinstance(default, int) else float(value)
+            out[name] = int(value) if whole_number else float(value)
         except ValueError:
-            raise GradmidiError(f"--spikes: {name} must be a number, not {value.strip()!r}") from None
+            kind = "a whole number" if whole_number else "a number"
+            raise GradmidiError(f"--spikes: {name} must be {kind}, not {value.strip()!r}") from None
     return out
 
 
