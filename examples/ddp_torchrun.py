@@ -9,6 +9,7 @@ takes N micro-batches, all but the last without gradient sync: those are not sou
 
 import argparse
 import contextlib
+import gc
 import os
 
 import torch
@@ -82,4 +83,8 @@ with gradmidi.Sonifier(trained, args.out, scale="dorian", key="E") as son:
         son.epoch()
 if son.sounding:
     print(f"rank 0: {son.steps} steps sounded into {args.out}, {son.unsynced_steps} unsynced micro-steps skipped")
+# DDP's reducer holds the process group: drop it first, or the group is torn down at interpreter exit,
+# too late for gloo's threads (an abort at exit, now and then).
+del trained, opt
+gc.collect()
 dist.destroy_process_group()

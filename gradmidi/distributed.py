@@ -83,6 +83,7 @@ class GradientSyncWatch:
 
     def close(self) -> None:
         self._handle.remove()
+        self._fsdp_groups = None  # they reach the process group: let it go with the group
 
 
 def _fsdp_param_groups(model: torch.nn.Module) -> list:
