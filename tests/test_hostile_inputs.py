@@ -151,6 +151,16 @@ def test_hostile_header_values(real_score, where, value, out):
     _run_all(_with_header(real_score, change), out, ("inspect", "decode", "play"))
 
 
+@pytest.mark.parametrize("where", [("clock", "bpm"), ("clock", "every"), ("clock", "gate"), ("mapping", "velocity")])
+def test_a_header_number_too_big_for_a_float_is_a_one_line_error(real_score, where, out):
+    """JSON holds integers of any size; a check that calls float() on 10**400 overflowed (found by mypy)."""
+    def change(header):
+        header[where[0]][where[1]] = 10**400
+
+    outcome = _run_all(_with_header(real_score, change), out, ("inspect", "decode", "play"))
+    assert set(outcome.values()) == {"error"}
+
+
 # -------------------------------------------------------------------- the corpus
 def _smf(tracks: list[bytes], division: int = 480, ntracks: int | None = None, header_len: int = 6) -> bytes:
     head = b"MThd" + struct.pack(">I", header_len) + struct.pack(">HHH", 1, len(tracks) if ntracks is None else ntracks,
