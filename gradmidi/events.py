@@ -32,6 +32,7 @@ from .score import Event
 DOWNBEAT_KEY = 37  # Side Stick: the optional soft downbeat at an epoch boundary; not an event kind
 DOWNBEAT_VELOCITY = 45
 UNKNOWN_COLOUR = "#7f7f7f"  # a kind a score holds that this process has not registered
+BLOCK_ROWS = 256  # the most steps a rule's block recurrence takes at once
 LEGACY_DRUMS: dict[str, int] = {"nan": 49, "inf": 52, "spike": 56, "loss_spike": 39, "skipped": 81}
 """The drum table of format-1 scores (gradmidi 0.1.0), which do not carry their own."""
 
@@ -78,8 +79,32 @@ class StepValues:
     skipped: bool = False  # the GradScaler skipped this optimizer step
 
 
+@dataclass(frozen=True, eq=False)
+class StepBlock:
+    """Consecutive steps' values, one row per step: what the worker holds at once. Rules that can
+    look at a whole block (``block`` method) do it in array operations; the others see its rows."""
+
+    steps: np.ndarray  # [n] int64
+    norms: np.ndarray  # [n, voices]
+    present: np.ndarray  # [n, voices] bool
+    loss: np.ndarray  # [n] float64; only where has_loss
+    has_loss: np.ndarray  # [n] bool
+    skipped: np.ndarray  # [n] bool
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def row(self, i: int) -> StepValues:
+        loss = float(self.loss[i]) if self.has_loss[i] else None
+        return StepValues(int(self.steps[i]), self.norms[i], self.present[i], loss, bool(self.skipped[i]))
+
+
 class Rule(Protocol):
-    """Detects one kind of event; holds its own state across the steps of one run."""
+    """Detects one kind of event; holds its own state across the steps of one run.
+
+    A rule may also have ``block(values: StepBlock) -> list[Event]`` that does a block of steps at
+    once with the same result; without it the rule is called once per step.
+    """
 
     def __call__(self, values: StepValues) -> list[Event]: ...
 
@@ -177,6 +202,38 @@ class ZScore:
         self.var = np.zeros(size)
         self.count = np.zeros(size, dtype=np.int64)
         self._settled = False  # every channel past warm-up: the fast path applies
+        self._decay: np.ndarray | None = None  # the block recurrence's weights, made on first use
+
+    def advance(self, x: np.ndarray, z: float, min_gap: float) -> int:
+        """Takes as many leading rows of ``x`` ([n, size]) as the fast path would, all at once: past
+        warm-up, every value finite, no spike. Returns how many; ``update`` does the row after them.
+
+        The mean and variance recurrences are linear, so a block of them is two triangular matrix
+        products (equal to stepping row by row up to float rounding).
+        """
+        if not self._settled or not len(x):
+            return 0
+        finite = np.isfinite(x).all(axis=1)
+        n = len(x) if finite.all() else int(np.argmin(finite))
+        n = min(n, BLOCK_ROWS)
+        if n == 0:
+            return 0
+        a = self.alpha
+        if self._decay is None:
+            t = np.arange(BLOCK_ROWS)
+            self._decay = np.tril(a ** np.maximum(t[:, None] - t[None, :], 0)) * (1 - a)
+        weights, x = self._decay[:n, :n], x[:n]
+        after = a ** np.arange(1, n + 1)[:, None]  # a^(t+1): what is left of the state before the block
+        mean = after * self.mean + weights @ x
+        gap = x - np.vstack([self.mean, mean[:-1]])
+        var = after * self.var + a * (weights @ (gap * gap))
+        std = np.sqrt(np.vstack([self.var, var[:-1]]))
+        spiked = (((gap > z * std) & (gap > min_gap)) | (gap > self.big_gap)).any(axis=1)
+        taken = int(np.argmax(spiked)) if spiked.any() else n
+        if taken:
+            self.mean, self.var = mean[taken - 1].copy(), var[taken - 1].copy()
+            self.count += taken
+        return taken
 
     def update(self, x: np.ndarray, z: float, min_gap: float) -> np.ndarray:
         gap = x - self.mean
@@ -234,6 +291,11 @@ class NonFinite:
             self._last.pop(i, None)  # finite again: the next NaN/Inf is a new onset
         return [Event(values.step, self.kind, tuple(due))] if due else []
 
+    def block(self, values: StepBlock) -> list[Event]:
+        if not self._last and not (self.test(values.norms) & values.present).any():
+            return []  # the usual block: nothing to sound, nothing to remember
+        return [e for i in range(len(values)) for e in self(values.row(i))]
+
 
 class Spike:
     """A voice's norm jumped far above its recent level (z-score on log10 norms)."""
@@ -251,6 +313,13 @@ class Spike:
             return []
         names = tuple(self.names[i] for i in np.flatnonzero(spiked))
         return [Event(values.step, "spike", names, float(np.nanmax(norms[spiked])))]
+
+    def block(self, values: StepBlock) -> list[Event]:
+        norms, present = values.norms, values.present
+        with np.errstate(divide="ignore", invalid="ignore"):
+            logs = np.where(present & (norms > 0), np.log10(np.where(norms > 0, norms, 1.0)), np.nan)
+        return _by_runs(len(values), lambda i: self._norms.advance(logs[i:], self.settings.z, self.settings.min_jump),
+                        lambda i: self(values.row(i)))
 
 
 class LossSpike:
@@ -277,9 +346,39 @@ class LossSpike:
             return [Event(step, "loss_spike", (), float(loss))]
         return []
 
+    def block(self, values: StepBlock) -> list[Event]:
+        rows = np.flatnonzero(values.has_loss)
+        losses = values.loss[rows][:, None]
 
-def _skipped(names: tuple[str, ...], settings: SpikeSettings) -> Rule:
-    return lambda values: [Event(values.step, "skipped")] if values.skipped else []
+        def fast(i: int) -> int:
+            return self._loss.advance(losses[i:], self.settings.loss_z, 0.0) if self._bad_since is None else 0
+
+        return _by_runs(len(rows), fast, lambda i: self(values.row(int(rows[i]))))
+
+
+def _by_runs(n: int, fast: Callable[[int], int], slow: Callable[[int], list[Event]]) -> list[Event]:
+    """Rows 0..n-1: as many as ``fast(i)`` takes at once from row i, then one by ``slow(i)``, and so on."""
+    events: list[Event] = []
+    i = 0
+    while i < n:
+        i += fast(i)
+        if i < n:
+            events += slow(i)
+            i += 1
+    return events
+
+
+class Skipped:
+    """The GradScaler skipped the optimizer step."""
+
+    def __init__(self, names: tuple[str, ...], settings: SpikeSettings) -> None:
+        pass
+
+    def __call__(self, values: StepValues) -> list[Event]:
+        return [Event(values.step, "skipped")] if values.skipped else []
+
+    def block(self, values: StepBlock) -> list[Event]:
+        return [Event(int(values.steps[i]), "skipped") for i in np.flatnonzero(values.skipped)]
 
 
 class Detector:
@@ -297,6 +396,18 @@ class Detector:
             events += rule(values)
         return events
 
+    def steps(self, values: StepBlock) -> list[Event]:
+        """A block's events, in step order, and in registry order within a step."""
+        events: list[Event] = []
+        for rule in self.rules:
+            block = getattr(rule, "block", None)
+            if block is not None:
+                events += block(values)
+            else:
+                events += [e for i in range(len(values)) for e in rule(values.row(i))]
+        events.sort(key=lambda e: e.step)  # stable: registry order stays within a step
+        return events
+
 
 # -- the built-in kinds ----------------------------------------------------------------------
 register(EventKind("nan", 49, "#d62728", "NaN gradient", "Crash Cymbal 1: a gradient is NaN, the run is broken.",
@@ -310,4 +421,4 @@ register(EventKind("loss_spike", 39, "#8c564b", "loss spike", "Hand Clap: the lo
                    LossSpike))
 register(EventKind("skipped", 81, "#17becf", "skipped step",
                    "Open Triangle: the GradScaler skipped the optimizer step (routine loss-scale calibration).",
-                   _skipped))
+                   Skipped))

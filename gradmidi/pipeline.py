@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .errors import GradmidiError
-from .events import Detector, SpikeSettings, StepValues
+from .events import Detector, SpikeSettings, StepBlock
 from .mapping import Mapping, PitchMapper, norms_to_pitches, pitches_to_velocities
 from .score import Event, ScoreHeader, Slot, StepRecord
 
@@ -45,6 +45,12 @@ class ScoreBuilder:
         self._markers: list[str] = []
         self._loss: float | None = None
         self._last_step: int | None = None
+        # The layers of each voice side by side, so a block's squares sum per voice in one reduceat.
+        assigned = np.flatnonzero(self.assignment >= 0)
+        self._order = assigned[np.argsort(self.assignment[assigned], kind="stable")]
+        voices = self.assignment[self._order]
+        self._starts = np.flatnonzero(np.r_[True, voices[1:] != voices[:-1]]) if len(voices) else voices
+        self._voices = voices[self._starts] if len(voices) else voices
 
     def voice_norms(self, layer_norms: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Root of the sum of squares per voice; NaN where no member layer had a gradient.
@@ -72,37 +78,80 @@ class ScoreBuilder:
         norms[~voice_present] = np.nan
         return norms, voice_present
 
+    def voice_norms_block(self, layer_norms: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``voice_norms`` for many steps at once (rows), in array operations."""
+        keep = present & (self.assignment >= 0)
+        with np.errstate(invalid="ignore"):
+            values = np.where(keep, layer_norms, 0.0)
+            values = np.where(values < 0, np.where(np.isinf(values), np.inf, 0.0), values)
+        magnitudes = np.abs(values[np.isfinite(values) & (values != 0)])
+        if magnitudes.size and (magnitudes.max() > 1e150 or magnitudes.min() < 1e-150):
+            rows = [self.voice_norms(norms, mask) for norms, mask in zip(layer_norms, present, strict=True)]
+            return np.vstack([norms for norms, _ in rows]), np.vstack([mask for _, mask in rows])
+        norms = np.full((len(values), self.n_voices), np.nan)
+        voice_present = np.zeros((len(values), self.n_voices), dtype=bool)
+        if len(self._starts):
+            norms[:, self._voices] = np.sqrt(np.add.reduceat(np.square(values[:, self._order]), self._starts, axis=1))
+            voice_present[:, self._voices] = np.logical_or.reduceat(keep[:, self._order], self._starts, axis=1)
+        norms[~voice_present] = np.nan
+        return norms, voice_present
+
     def add_step(self, record: StepRecord) -> list[Slot]:
         """Adds one step's per-layer values; returns the slots it completed (usually zero or one)."""
-        step, loss = record.step, record.loss
-        if self._last_step is not None and step <= self._last_step:
-            raise GradmidiError(f"step {step} arrived after step {self._last_step}: steps must increase")
-        layer_norms, present = np.asarray(record.norms, dtype=np.float64), np.asarray(record.present, dtype=bool)
-        if layer_norms.shape != self.assignment.shape or present.shape != self.assignment.shape:
-            raise GradmidiError(f"step {step}: {layer_norms.size} norms and {present.size} present flags for "
-                                f"{self.assignment.size} layers; give one of each per layer")
-        self._last_step = step
-        norms, voice_present = self.voice_norms(layer_norms, present)
-        slot = self.clock.slot_of(step - self.first_step)
-        done = self._advance(slot)
-        self._events += self.detector.step(StepValues(step, norms, voice_present, loss, record.skipped))
-        self._rows.append(norms)
-        self._present.append(voice_present)
-        if loss is not None:
-            self._loss = loss
-        if (step - self.first_step) % self.clock.every == self.clock.every - 1:
-            # The slot's last step is in: close it now, not when the next step comes (live latency).
-            done.append(self._close_slot())
-            self._slot = None
-        return done
+        return self.add_steps([record])
+
+    def add_steps(self, records: Sequence[StepRecord]) -> list[Slot]:
+        """Adds consecutive steps; returns the slots they completed. Voice norms, events and pitches
+        of the whole block are found in array operations: the worker's cost per step stays small."""
+        if not records:
+            return []
+        layer_norms, present = self._rows_of(records)
+        norms, voice_present = self.voice_norms_block(layer_norms, present)
+        steps = np.array([r.step for r in records], dtype=np.int64)
+        has_loss = np.array([r.loss is not None for r in records], dtype=bool)
+        losses = np.array([np.nan if r.loss is None else r.loss for r in records], dtype=np.float64)
+        skipped = np.array([bool(r.skipped) for r in records], dtype=bool)
+        events = self.detector.steps(StepBlock(steps, norms, voice_present, losses, has_loss, skipped))
+        done: list[Slot] = []
+        every, at = self.clock.every, 0
+        for i, record in enumerate(records):
+            step = record.step
+            done += self._advance(self.clock.slot_of(step - self.first_step))
+            while at < len(events) and events[at].step == step:
+                self._events.append(events[at])
+                at += 1
+            self._rows.append(norms[i])
+            self._present.append(voice_present[i])
+            if record.loss is not None:
+                self._loss = record.loss
+            if (step - self.first_step) % every == every - 1:
+                # The slot's last step is in: close it now, not when the next step comes (live latency).
+                done.append(self._close_slot())
+                self._slot = None
+        return self._map(done)
+
+    def _rows_of(self, records: Sequence[StepRecord]) -> tuple[np.ndarray, np.ndarray]:
+        """The block's per-layer norms and present flags; refuses steps out of order or of the wrong size."""
+        last = self._last_step
+        for record in records:
+            if last is not None and record.step <= last:
+                raise GradmidiError(f"step {record.step} arrived after step {last}: steps must increase")
+            norms, present = np.shape(record.norms), np.shape(record.present)
+            if norms != self.assignment.shape or present != self.assignment.shape:
+                raise GradmidiError(f"step {record.step}: {np.size(record.norms)} norms and {np.size(record.present)} "
+                                    f"present flags for {self.assignment.size} layers; give one of each per layer")
+            last = record.step
+        self._last_step = last
+        return (np.array([r.norms for r in records], dtype=np.float64),
+                np.array([r.present for r in records], dtype=bool))
 
     def add_marker(self, step: int, text: str) -> list[Slot]:
         done = self._advance(self.clock.slot_of(step - self.first_step))
         self._markers.append(text)
-        return done
+        return self._map(done)
 
     def finish(self) -> list[Slot]:
-        return self._advance(None)
+        return self._map(self._advance(None))
 
     def _advance(self, slot: int | None) -> list[Slot]:
         if self._slot is None:
@@ -115,32 +164,47 @@ class ScoreBuilder:
         return done
 
     def _close_slot(self) -> Slot:
+        """The open slot, aggregated; its pitches come in ``_map``, for every slot of a block at once."""
         index = self._slot
         if index is None:
             raise RuntimeError("no slot is open")  # callers close only an open slot
-        if self._rows:
+        if len(self._rows) == 1:
+            norms, counts = self._rows[0].copy(), self._present[0].astype(np.int64)
+        elif self._rows:
             present = np.vstack(self._present)
             norms = _aggregate(np.vstack(self._rows), present, self.aggregate)
             counts = present.sum(axis=0)
         else:
             norms, counts = np.full(self.n_voices, np.nan), np.zeros(self.n_voices, dtype=np.int64)
-        self.mapper.observe(norms)
-        pitches = self.mapper.pitches(norms)
         slot = Slot(
-            index=index,
-            first_step=self.first_step + index * self.clock.every,
-            steps=len(self._rows),
-            norms=norms,
-            pitches=pitches,
-            velocities=self.mapper.velocities(pitches),
-            present=counts,
-            log_range=self.mapper.log_range,
-            events=self._events,
-            markers=self._markers,
-            loss=self._loss,
+            index=index, first_step=self.first_step + index * self.clock.every, steps=len(self._rows), norms=norms,
+            pitches=_UNMAPPED, velocities=_UNMAPPED, present=counts, log_range=self.mapper.log_range,
+            events=self._events, markers=self._markers, loss=self._loss,
         )
         self._rows, self._present, self._events, self._markers, self._loss = [], [], [], [], None
         return slot
+
+    def _map(self, slots: list[Slot]) -> list[Slot]:
+        """Pitches and velocities of closed slots, in order. A fixed range maps them all in one call;
+        an adaptive range may move at any slot, so it maps them one by one."""
+        if not slots:
+            return slots
+        mapper = self.mapper
+        if mapper.mapping.adaptive:
+            for slot in slots:
+                mapper.observe(slot.norms)
+                slot.pitches = mapper.pitches(slot.norms)
+                slot.velocities = mapper.velocities(slot.pitches)
+                slot.log_range = mapper.log_range
+            return slots
+        pitches = mapper.pitches(np.vstack([slot.norms for slot in slots]))
+        velocities = mapper.velocities(pitches)
+        for slot, p, v in zip(slots, pitches, velocities, strict=True):
+            slot.pitches, slot.velocities = p, v
+        return slots
+
+
+_UNMAPPED = np.zeros(0, dtype=np.int64)  # a closed slot's pitches until ``_map`` sets them
 
 
 def merge_slots(slots: Sequence[Slot], how: str, mapping: Mapping) -> Slot:

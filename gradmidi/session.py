@@ -9,7 +9,8 @@ construction), ``submit`` steps and markers (or ``add_slot`` for slots built els
 Threaded, the session never blocks its caller: ``submit`` hands the record to a bounded
 queue (a full queue drops the step and counts it) and a worker thread does the rest.
 Without real-time sinks the worker works in batches, ``BATCH_SECONDS`` apart, to spend
-fewer thread switches against a training thread that wants the interpreter.
+fewer thread switches against a training thread that wants the interpreter; the steps of a
+batch are built as one block (``ScoreBuilder.add_steps``), in array operations.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .score import Event, MarkerRecord, ScoreHeader, Slot, StepRecord
 from .sinks.base import Sink, SinkFanout
 
 BATCH_SECONDS = 0.02
+BLOCK_STEPS = 256  # a synchronous source's steps are built this many at a time
 RECENT_EVENTS = 10_000
 
 
@@ -76,6 +78,7 @@ class ScoreSession:
         self._interrupted = False
         self._closed = False
         self._close_lock = threading.Lock()
+        self._held: list = []  # a synchronous session's steps not yet built
         self._fanout.open(header)
         self._queue: queue.Queue | None = None
         if threaded:
@@ -100,8 +103,10 @@ class ScoreSession:
         if self._closed:
             return
         self._next_step = item.step if isinstance(item, MarkerRecord) else item.step + 1
-        if self._queue is None:
-            self._handle(item)
+        if self._queue is None:  # held, and built a block at a time
+            self._held.append(item)
+            if isinstance(item, MarkerRecord) or len(self._held) >= BLOCK_STEPS:
+                self._handle_all(self._drain_held())
             return
         try:
             self._queue.put_nowait(item)
@@ -116,6 +121,7 @@ class ScoreSession:
 
     def tick(self) -> None:
         """Time-based sink work (flushes) for sessions without a worker."""
+        self._handle_all(self._drain_held())
         self._fanout.tick()
 
     def interrupt(self) -> None:
@@ -138,8 +144,7 @@ class ScoreSession:
             self._queue.put(_STOP)
             self._worker.join()
         else:
-            for item in tail:
-                self._handle(item)
+            self._handle_all(self._drain_held() + tail)
             self._finish()
         self._fanout.close()
 
@@ -158,30 +163,59 @@ class ScoreSession:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            for item in batch:
-                if item is _STOP:
-                    running = False
-                    break
-                try:
-                    self._handle(item)
-                except Exception as exc:  # never let the worker die silently and stall close()
-                    warnings.warn(f"gradmidi: dropped a step after an error: {exc}", RuntimeWarning, stacklevel=1)
+            if _STOP in batch:
+                running = False
+                batch = batch[:batch.index(_STOP)]
+            self._handle_all(batch)
             self._fanout.tick()
             if running and self._batch_seconds:
                 time.sleep(self._batch_seconds)
         self._finish()
 
+    def _drain_held(self) -> list:
+        held, self._held = self._held, []
+        return held
+
+    def _handle_all(self, items: list) -> None:
+        """Consecutive steps go to the builder as one block; markers and interrupts between them."""
+        block: list[StepRecord] = []
+        for item in items:
+            if isinstance(item, MarkerRecord) or item is _INTERRUPT:
+                self._guarded(self._add_steps, block)
+                block = []
+                self._guarded(self._handle, item)
+            else:
+                try:
+                    block.append(item if isinstance(item, StepRecord) else item.record())
+                except Exception as exc:  # a step whose values never arrived: the others go on
+                    warnings.warn(f"gradmidi: dropped a step after an error: {exc}", RuntimeWarning, stacklevel=1)
+        self._guarded(self._add_steps, block)
+
+    def _guarded(self, handle, arg) -> None:
+        if self._queue is None:  # a synchronous source sees its own errors
+            handle(arg)
+            return
+        try:
+            handle(arg)
+        except Exception as exc:  # never let the worker die silently and stall close()
+            warnings.warn(f"gradmidi: dropped steps after an error: {exc}", RuntimeWarning, stacklevel=1)
+
+    def _add_steps(self, records: list[StepRecord]) -> None:
+        if records:
+            self._emit_all(self._ready_builder().add_steps(records))
+
     def _handle(self, item) -> None:
         if item is _INTERRUPT:
             self._fanout.interrupt()
-            return
+        else:
+            self._emit_all(self._ready_builder().add_marker(item.step, item.text))
+
+    def _ready_builder(self) -> ScoreBuilder:
         if self._builder is None:
             raise TypeError("this session takes ready slots only (add_slot)")
-        if isinstance(item, MarkerRecord):
-            slots = self._builder.add_marker(item.step, item.text)
-        else:
-            record = item if isinstance(item, StepRecord) else item.record()
-            slots = self._builder.add_step(record)
+        return self._builder
+
+    def _emit_all(self, slots: list[Slot]) -> None:
         for slot in slots:
             self._emit(slot)
 

@@ -1,0 +1,85 @@
+"""The worker takes the steps it holds as one block: the same slots and events as one step at a time."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gradmidi.clock import Clock
+from gradmidi.mapping import Mapping
+from gradmidi.pipeline import ScoreBuilder
+from gradmidi.score import ScoreHeader, StepRecord
+from gradmidi.voices import plan_voices
+
+LAYERS = [("a", "Linear"), ("b", "Linear"), ("c", "Conv2d"), ("d", "LayerNorm"), ("e", "Embedding")]
+
+
+def records(seed: int, n: int, *, nan_at=None, spike_at=(), absent=0.0, losses=True) -> list[StepRecord]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for step in range(n):
+        norms = 10 ** rng.normal(-1, 0.15, len(LAYERS))
+        if step in spike_at:
+            norms[rng.integers(len(LAYERS))] *= 10 ** rng.uniform(1, 3)
+        if nan_at is not None and step >= nan_at:
+            norms[:2] = np.nan
+        present = rng.random(len(LAYERS)) >= absent
+        loss = float(10 ** rng.normal(0, 0.05)) * (50 if step in spike_at else 1) if losses else None
+        out.append(StepRecord(step, norms, present, loss, skipped=bool(step % 97 == 50)))
+    return out
+
+
+def builder(every: int = 1, aggregate: str = "max", adaptive: bool = False) -> ScoreBuilder:
+    voices, assignment = plan_voices(LAYERS, voices={"ab": ["a", "b"], "c": ["c"], "de": ["d", "e"]})
+    mapping = Mapping(adaptive=adaptive, adaptive_warmup=20, adaptive_every=40)
+    return ScoreBuilder(ScoreHeader(voices, mapping, Clock(every=every), "t"), assignment, aggregate=aggregate)
+
+
+def one_by_one(b: ScoreBuilder, recs):
+    return [slot for r in recs for slot in b.add_step(r)] + b.finish()
+
+
+def in_blocks(b: ScoreBuilder, recs, sizes):
+    slots, i = [], 0
+    for size in sizes:
+        slots += b.add_steps(recs[i:i + size])
+        i += size
+    return slots + b.add_steps(recs[i:]) + b.finish()
+
+
+def assert_same(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert (x.index, x.first_step, x.steps, x.loss, x.markers) == (y.index, y.first_step, y.steps, y.loss, y.markers)
+        np.testing.assert_allclose(x.norms, y.norms, rtol=1e-12)
+        np.testing.assert_array_equal(x.pitches, y.pitches)
+        np.testing.assert_array_equal(x.velocities, y.velocities)
+        np.testing.assert_array_equal(x.present, y.present)
+        assert x.log_range == y.log_range
+        assert [(e.step, e.kind, e.voices) for e in x.events] == [(e.step, e.kind, e.voices) for e in y.events]
+
+
+@pytest.mark.parametrize("every, aggregate, adaptive", [(1, "max", False), (4, "rms", False), (3, "last", True)])
+def test_a_block_gives_the_same_slots_and_events_as_its_steps_one_by_one(every, aggregate, adaptive):
+    recs = records(1, 600, spike_at={40, 41, 300, 451}, nan_at=520)
+    expected = one_by_one(builder(every, aggregate, adaptive), recs)
+    kinds = {e.kind for slot in expected for e in slot.events}
+    assert {"spike", "loss_spike", "nan", "skipped"} <= kinds  # the blocks meet every built-in rule
+    assert_same(in_blocks(builder(every, aggregate, adaptive), recs, [1, 7, 300, 33, 2]), expected)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), sizes=st.lists(st.integers(1, 80), max_size=8), absent=st.sampled_from([0, 0.1]),
+       losses=st.booleans())
+def test_any_cut_into_blocks_gives_the_same_score(seed, sizes, absent, losses):
+    recs = records(seed, 200, spike_at={30, 150}, absent=absent, losses=losses)
+    assert_same(in_blocks(builder(2, "rms"), recs, sizes), one_by_one(builder(2, "rms"), recs))
+
+
+def test_a_block_with_a_step_out_of_order_is_refused_whole():
+    b = builder()
+    recs = records(2, 5)
+    with pytest.raises(Exception, match="steps must increase"):
+        b.add_steps([recs[0], recs[2], recs[1]])
