@@ -154,19 +154,18 @@ def _groups_by_prefix(names: list[str], max_voices: int) -> list[tuple[str, list
     progress = True
     while progress:
         progress = False
+        groups = [_descend(g, parts) for g in groups]  # all at once, so the blocks' parts compare alike
         for gi in sorted(range(len(groups)), key=lambda g: -len(groups[g][1])):
             prefix, members, _ = groups[gi]
-            if len(members) < 2 or (prefix and prefix[-1].startswith("\0")):
-                continue  # a single layer, or a cut run of siblings: nothing left to split
+            if not _splittable(groups[gi]):
+                continue
             children = _children(prefix, members, parts)
             budget = max_voices - len(groups) + 1
-            if len(children) == 1:
-                groups[gi] = children[0]  # descend: same group, longer path
-                progress = True
-                break
-            # Siblings of the same size (the blocks of a transformer) are split all alike or not
-            # at all: six blocks as six voices beats block 0 in detail and block 5 as a lump.
-            twins = [g for g in groups if g[0][:-1] == prefix[:-1] and len(g[1]) == len(members) and g[0] != prefix]
+            # Siblings of the same size (the blocks of a transformer), and the same part of each
+            # block (layers.0.experts, layers.1.experts), are split all alike or not at all: six
+            # blocks as six voices beats block 0 in detail and block 5 as a lump.
+            twins = [g for g in groups if g[0] != prefix and len(g[1]) == len(members)
+                     and (g[0][:-1] == prefix[:-1] or _shape(g[0]) == _shape(prefix))]
             if twins:
                 cost = sum(len(_children(t[0], t[1], parts)) - 1 for t in twins) + len(children) - 1
                 if cost > budget - 1:
@@ -180,6 +179,27 @@ def _groups_by_prefix(names: list[str], max_voices: int) -> list[tuple[str, list
             break
     groups.sort(key=lambda g: min(g[1]))
     return [(display or ROOT_NAME, sorted(members)) for _, members, display in groups]
+
+
+def _splittable(group: _Group) -> bool:
+    """Not a single layer, nor a cut run of siblings: something is left to split."""
+    prefix, members, _ = group
+    return len(members) >= 2 and not (prefix and prefix[-1].startswith("\0"))
+
+
+def _descend(group: _Group, parts: list[list[str]]) -> _Group:
+    """The same group under its longest common path (``layers.0.experts`` -> ``layers.0.experts.*``)."""
+    while _splittable(group):
+        children = _children(group[0], group[1], parts)
+        if len(children) != 1:
+            break
+        group = children[0]
+    return group
+
+
+def _shape(prefix: list[str]) -> list[str]:
+    """A path with its indices taken out: the same part of every block has the same shape."""
+    return ["#" if part.isdigit() else part for part in prefix]
 
 
 def _children(prefix: list[str], members: list[int], parts: list[list[str]]) -> list[_Group]:
