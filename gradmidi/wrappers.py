@@ -62,16 +62,17 @@ def _walk(module: torch.nn.Module, exact: str, shown: list[str], like: torch.nn.
     seen.add(id(module))
     class_name = layer_class_name(like if like is not None else module)
     yield exact, module, ModuleRole(".".join(shown), class_name, factor, adapter)
-    adapter_parts = set(getattr(module, "adapter_layer_names", ())) if _is_tuner_layer(module) else set()
+    tuner, saves = _is_tuner_layer(module), _saves_modules(module)
+    adapter_parts = set(getattr(module, "adapter_layer_names", ())) if tuner else set()
     for name, child in module.named_children():
         path = f"{exact}.{name}" if exact else name
         if _is_plumbing(module, name):
             yield from _walk(child, path, shown, like, factor, adapter, seen)
-        elif _is_tuner_layer(module) and name == "base_layer":
+        elif tuner and name == "base_layer":
             yield from _walk(child, path, shown, _adapted(module), factor, adapter, seen)
         elif name in adapter_parts:  # lora_A, ia3_l, ...: keyed by adapter name ("default"), shown as the module
             yield from _walk_adapter(child, path, shown, _adapted(module), name, seen)
-        elif _saves_modules(module) and name in ("original_module", "modules_to_save"):
+        elif saves and name in ("original_module", "modules_to_save"):
             inner = _adapted(module)
             if name == "original_module":
                 yield from _walk(child, path, shown, inner, factor, adapter, seen)
@@ -98,13 +99,19 @@ def _is_plumbing(parent: torch.nn.Module, name: str) -> bool:
     """Whether the child ``name`` of ``parent`` is what a wrapper wraps: the wrapper adds no
     parameters of its own (compile, DDP, DeepSpeed, checkpointing), or it is PEFT's model
     holder (``base_model``, then ``model``)."""
-    if hasattr(parent, "peft_config") and name in ("base_model", "model"):
+    if name in ("base_model", "model") and _is_peft_model(parent):
         return True
     if name not in WRAPPED_ATTRIBUTES:
         return False
     if next(parent.parameters(recurse=False), None) is not None:
         return False
     return all(next(child.parameters(), None) is None for other, child in parent.named_children() if other != name)
+
+
+def _is_peft_model(module: torch.nn.Module) -> bool:
+    """PEFT's PeftModel or tuner model (a transformers model may carry ``peft_config`` too)."""
+    return hasattr(module, "peft_config") and any(cls.__module__.partition(".")[0] == "peft"
+                                                  for cls in type(module).__mro__)
 
 
 def _is_tuner_layer(module: torch.nn.Module) -> bool:

@@ -258,3 +258,22 @@ def test_mixtures_in_many_blocks_are_voiced_alike_with_the_experts_together():
 ])
 def test_layer_kinds_follow_what_modules_do(class_name, path, kind):
     assert layer_kind(class_name, path) == kind
+
+
+def test_a_module_peft_trains_in_full_is_voiced_under_its_own_name():
+    class Tiny(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = torch.nn.Embedding(10, 8)
+            self.q_proj = torch.nn.Linear(8, 8)
+            self.head = torch.nn.Linear(8, 3)
+
+        def forward(self, ids):
+            return self.head(self.q_proj(self.embed(ids)))
+
+    model = peft.get_peft_model(Tiny(), peft.LoraConfig(target_modules=["q_proj"], r=2, modules_to_save=["head"]))
+    son = gradmidi.Sonifier(model, None)
+    son.close()
+    assert [(v.name, v.layers, v.kind) for v in son.voices] == [("q_proj", ("q_proj",), "attention"),
+                                                                 ("head", ("head",), "linear")]
+    assert "base_model.model.head.modules_to_save.default" in son.header.info["layers"]
