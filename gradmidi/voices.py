@@ -5,6 +5,11 @@ path: the group holding the most layers is split into its children while the bud
 allows, and a group with too many children is cut into contiguous runs of them
 (``encoder.layers.0-5``). A group's norm is the root of the sum of its layers' squares.
 Users may instead name the voices with glob patterns.
+
+Layers come named as the user wrote the model (``wrappers.py``); layers sharing a name are one
+unit (an adapter and the module it adapts, the experts of a mixture). An adapted model is planned
+over its whole structure, frozen base included, and the voices with nothing to sound are left out:
+it gets the voices of the model it adapts.
 """
 
 from __future__ import annotations
