@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple, cast
 import numpy as np
 import torch
 
-from .distributed import layer_class_name
 from .errors import GradmidiError
+from .wrappers import module_roles
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
@@ -48,26 +48,37 @@ class HostCopy(NamedTuple):
 
 @dataclass(frozen=True)
 class Layer:
-    """A module that owns parameters directly; its name is its module path (``features.0``)."""
+    """A module that owns parameters directly; its name is its exact module path (``features.0``)."""
 
     name: str
-    class_name: str
+    class_name: str  # the class it is voiced as (an adapter's: the adapted module's)
     params: tuple[torch.nn.Parameter, ...]
+    shown: str = ""  # its path as the user wrote the model: wrapper plumbing removed (wrappers.py)
+    factor: str | None = None  # an adapter's part (lora_A, ...); None: the module itself
+    adapter: bool = False  # an adapter's weights (PEFT)
+    trainable: bool = True  # any of its parameters requires a gradient
 
 
-def discover_layers(model: torch.nn.Module, include_frozen: bool = False) -> list[Layer]:
-    """Layers in model order. A parameter shared by several modules counts at its first owner."""
+def model_layers(model: torch.nn.Module) -> list[Layer]:
+    """Every layer in model order, frozen ones too. A parameter shared by several modules counts at
+    its first owner."""
     seen: set[int] = set()
     layers = []
-    for name, module in model.named_modules():
+    for name, module, role in module_roles(model):
         params = []
         for p in module.parameters(recurse=False):
             if id(p) not in seen:
                 seen.add(id(p))
                 params.append(p)
-        if params and (include_frozen or any(p.requires_grad for p in params)):
-            layers.append(Layer(name, layer_class_name(module), tuple(params)))
+        if params:
+            layers.append(Layer(name, role.class_name, tuple(params), role.shown, role.factor, role.adapter,
+                                any(p.requires_grad for p in params)))
     return layers
+
+
+def discover_layers(model: torch.nn.Module, include_frozen: bool = False) -> list[Layer]:
+    """The layers that sound, in model order: those that train, or all with ``include_frozen``."""
+    return [layer for layer in model_layers(model) if include_frozen or layer.trainable]
 
 
 class PendingNorms:

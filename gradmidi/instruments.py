@@ -63,16 +63,23 @@ GM_DRUMS: dict[int, str] = dict(enumerate((
 ), start=27))
 assert len(GM_DRUMS) == 61
 
-# Layer kinds, first match wins; each kind sounds in a different GM family so that
-# the kinds can be told apart by ear (mallets, keys, pads, strings, winds, ...).
+# Layer kinds from the class name, first match wins; each kind sounds in a different GM family so
+# that the kinds can be told apart by ear (mallets, keys, pads, strings, winds, ...).
 LAYER_KINDS: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("attention", re.compile(r"attention|attn|mha", re.I)),
+    ("linear", re.compile(r"^Conv1D$")),  # transformers' Conv1D (GPT-2) is a linear map; torch's is Conv1d
+    ("attention", re.compile(r"attention|attn|mha|qkv", re.I)),
     ("recurrent", re.compile(r"^(rnn|lstm|gru)(cell)?$|recurrent", re.I)),
     ("convolution", re.compile(r"conv", re.I)),
     ("normalisation", re.compile(r"norm", re.I)),
     ("embedding", re.compile(r"embedding", re.I)),
-    ("linear", re.compile(r"linear|dense|conv1d_hf|^conv1d$", re.I)),
+    ("linear", re.compile(r"linear|dense|experts?$|router", re.I)),  # fused MoE experts and routers are linear
 )
+
+# A linear map is an attention projection when its own name says so (GPT-2's c_attn, q_proj, a
+# fused qkv) or when it sits inside an attention module (GPT-2's attn.c_proj, BERT's
+# attention.output.dense): what it does, which its class cannot say.
+ATTENTION_PROJECTION = re.compile(r"^(c_attn|[qkv]_proj|\w*qkv\w*|query_key_value|query|key|value)$", re.I)
+ATTENTION_MODULE = re.compile(r"attn|attention", re.I)
 
 # Each kind has a family; successive voices of one kind walk through it, so two
 # linear layers are two different keyboards rather than one piano twice.
@@ -97,12 +104,22 @@ DRUM_CHANNEL = 9
 MELODIC_CHANNELS: tuple[int, ...] = tuple(c for c in range(16) if c != DRUM_CHANNEL)
 
 
-def layer_kind(class_name: str) -> str:
-    """The sound family of a layer, from its module class name (e.g. ``Conv2d`` -> convolution)."""
+def layer_kind(class_name: str, path: str = "") -> str:
+    """The sound family of a layer, from its class (``Conv2d`` -> convolution) and, for a linear map,
+    from its module path (``h.0.attn.c_attn`` -> attention)."""
     for kind, pattern in LAYER_KINDS:
         if pattern.search(class_name):
+            if kind == "linear" and _projects_attention(path):
+                return "attention"
             return kind
     return "other"
+
+
+def _projects_attention(path: str) -> bool:
+    parts = [part for part in path.split(".") if part]
+    if not parts:
+        return False
+    return bool(ATTENTION_PROJECTION.match(parts[-1])) or any(ATTENTION_MODULE.search(p) for p in parts[:-1])
 
 
 def program_number(program: int | str) -> int:

@@ -18,13 +18,13 @@ import os
 from collections import deque
 from collections.abc import Mapping as MappingABC
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import numpy as np
 
 from . import __version__, lifecycle
-from .capture import Layer, NormCapture, PendingNorms, discover_layers
+from .capture import NormCapture, PendingNorms, discover_layers, model_layers
 from .checks import flag, real, whole
 from .clock import Clock
 from .distributed import GradientSyncWatch, layer_class_name, rank_and_world, unwrap
@@ -36,7 +36,8 @@ from .score import MarkerRecord, ScoreHeader, StepRecord
 from .session import ScoreSession
 from .sinks.base import Sink
 from .sinks.factory import LiveSpec, build_sinks, check_audio, check_user_sinks
-from .voices import plan_voices
+from .voices import LayerRecord, plan_voices
+from .wrappers import user_model
 
 
 class Sonifier:
@@ -48,7 +49,8 @@ class Sonifier:
     ``step()`` must still be called on every rank.
 
     Args:
-        model: the ``torch.nn.Module`` being trained (DDP, FSDP2 and compiled wrappers are unwrapped).
+        model: the ``torch.nn.Module`` being trained; wrappers (DDP, DeepSpeed, FSDP2, torch.compile,
+            activation checkpointing, PEFT adapters) are looked past: layers are named as you wrote them.
         path: the .mid file to write while training runs (crash-safe), or None.
 
         scale, key: the musical scale (``gradmidi.SCALES``) and its key ("A", "F#", "Bb").
@@ -69,7 +71,10 @@ class Sonifier:
         voices: group layers into voices (a list of patterns or {voice: patterns}).
         programs: General MIDI program per voice ({voice: number or name}).
         max_voices: at most this many voices (1-15); more layers are grouped.
-        include_frozen: also sound layers whose parameters do not require gradients.
+        include_frozen: also sound layers whose parameters do not require gradients (an adapted
+            model's frozen base).
+        adapter_factors: hear an adapter's factors (LoRA's A and B, DoRA's magnitude) as voices of
+            their own instead of as the module they adapt.
 
         aggregate: "max" (default), "rms" or "last" (captures only each slot's last step).
         spikes: ``gradmidi.SpikeSettings`` for spike and loss-spike detection.
@@ -118,6 +123,7 @@ class Sonifier:
         programs: MappingABC[str, int | str] | None = None,
         max_voices: int = 15,
         include_frozen: bool = False,
+        adapter_factors: bool = False,
         aggregate: str = "max",
         spikes: SpikeSettings | None = None,
         epoch_downbeat: bool = False,
@@ -157,15 +163,24 @@ class Sonifier:
         self.audio = check_audio(audio, path, soundfont, self.sounding)
         model = unwrap(model)
         self._model, self._include_frozen = model, include_frozen
-        layers = discover_layers(model, include_frozen=include_frozen)
+        everything = model_layers(model)
+        layers = [layer for layer in everything if include_frozen or layer.trainable]
+        # An adapted model is voiced as the model it adapts: its frozen base shapes the voices, silently.
+        planned = everything if any(layer.adapter for layer in everything) else layers
         table, assignment = plan_voices(
-            [(layer.name, layer.class_name) for layer in layers],
-            voices=voices, programs=programs, max_voices=max_voices,
+            [LayerRecord(layer.shown, layer.class_name, include_frozen or layer.trainable, layer.factor)
+             for layer in planned],
+            voices=voices, programs=programs, max_voices=max_voices, factors=adapter_factors,
         )
+        if planned is not layers:
+            assignment = assignment[[include_frozen or layer.trainable for layer in planned]]
+        model_name = layer_class_name(user_model(model))
         self.header = ScoreHeader(
-            voices=table, mapping=mapping, clock=clock, title=title or layer_class_name(model),
-            info={"gradmidi": __version__, "model": layer_class_name(model), "aggregate": aggregate,
-                  "spikes": _strict_json(asdict(spikes or SpikeSettings())), "layers": [layer.name for layer in layers],
+            voices=table, mapping=mapping, clock=clock, title=title or model_name,
+            info={"gradmidi": __version__, "model": model_name, "aggregate": aggregate,
+                  "spikes": _strict_json(asdict(spikes or SpikeSettings())),
+                  # the exact module paths, for decoding a voice back to parameters
+                  "layers": [layer.name for layer in layers], "layer_voices": assignment.tolist(),
                   "first_step": 0},
             epoch_downbeat=epoch_downbeat,
         )
@@ -255,7 +270,7 @@ class Sonifier:
         """fully_shard replaces a module's parameters: if the model was sharded after the
         Sonifier was made, read the new (sharded) parameters of the same layers."""
         fresh = {layer.name: layer for layer in discover_layers(self._model, include_frozen=self._include_frozen)}
-        rebound = [Layer(layer.name, layer.class_name, fresh[layer.name].params) if layer.name in fresh else layer
+        rebound = [replace(layer, params=fresh[layer.name].params) if layer.name in fresh else layer
                    for layer in self.layers]
         if [list(map(id, layer.params)) for layer in rebound] != [list(map(id, layer.params)) for layer in self.layers]:
             self.layers = rebound
@@ -380,7 +395,7 @@ def _check_options(given: dict) -> None:
     real("flush_interval", given["flush_interval"], 0, math.inf, low_open=True)
     whole("queue_size", given["queue_size"], 1, 1 << 24)
     real("live_latency", given["live_latency"], 0, 60, low_open=True)
-    for name in ("epoch_downbeat", "include_frozen", "rank_zero_only", "serve_public"):
+    for name in ("epoch_downbeat", "include_frozen", "adapter_factors", "rank_zero_only", "serve_public"):
         flag(name, given[name])
     if given["aggregate"] not in AGGREGATES:
         raise GradmidiError(f"aggregate must be one of {', '.join(AGGREGATES)}, not {given['aggregate']!r}")

@@ -5,6 +5,11 @@ path: the group holding the most layers is split into its children while the bud
 allows, and a group with too many children is cut into contiguous runs of them
 (``encoder.layers.0-5``). A group's norm is the root of the sum of its layers' squares.
 Users may instead name the voices with glob patterns.
+
+Layers come named as the user wrote the model (``wrappers.py``); layers sharing a name are one
+unit (an adapter and the module it adapts, the experts of a mixture). An adapted model is planned
+over its whole structure, frozen base included, and the voices with nothing to sound are left out:
+it gets the voices of the model it adapts.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import fnmatch
 from collections import Counter
 from collections.abc import Mapping as MappingABC
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -26,43 +32,99 @@ ROOT_NAME = "(root)"
 VoiceSpec = Sequence[str] | MappingABC[str, str | Sequence[str]]
 # A group of layers: (module path as parts, member indices, display name)
 _Group = tuple[list[str], list[int], str]
+# When a voice holds several kinds of layer, the most common wins; a tie goes to the first here
+# (a transformer block of two norms, two attention and two MLP projections sounds as attention).
+_KIND_PRECEDENCE = ("attention", "recurrent", "convolution", "linear", "embedding", "normalisation", "other")
+
+
+@dataclass(frozen=True)
+class LayerRecord:
+    """A layer as the planner sees it: a name, a class, whether it sounds, an adapter factor."""
+
+    name: str  # as the user wrote the model; layers that share it are one unit (an adapter and its module)
+    class_name: str
+    sounded: bool = True  # False: planned for the model's shape only (the frozen base of an adapted model)
+    factor: str | None = None  # an adapter's part (lora_A, lora_B, ...): a voice of its own with factors=True
 
 
 def plan_voices(
-    layers: Sequence[tuple[str, str]],
+    layers: Sequence[LayerRecord | tuple[str, str]],
     *,
     voices: VoiceSpec | None = None,
     programs: MappingABC[str, int | str] | None = None,
     max_voices: int = MAX_VOICES,
+    factors: bool = False,
 ) -> tuple[tuple[Voice, ...], np.ndarray]:
-    """Voices for ``layers`` (name, module class name) and each layer's voice index (-1: unsounded)."""
+    """Voices for ``layers`` and each layer's voice index (-1: unsounded).
+
+    A layer is a ``LayerRecord`` or a (name, class name) pair. Layers that do not sound still
+    shape the automatic grouping, so an adapted model gets the voices of the model it adapts,
+    less those with nothing to sound. ``factors``: each adapter factor is a voice of its own.
+    """
     if isinstance(max_voices, bool) or not isinstance(max_voices, int) or not 1 <= max_voices <= MAX_VOICES:
         raise GradmidiError(f"max_voices must be 1-{MAX_VOICES}: channel 10 is for drums (not {max_voices!r})")
     if voices is not None and (isinstance(voices, str) or not isinstance(voices, (Sequence, MappingABC))):
         raise GradmidiError(f"voices must be a list of layer patterns or {{name: patterns}}, not {voices!r}")
     if programs is not None and not isinstance(programs, MappingABC):
         raise GradmidiError(f"programs must be {{voice or layer pattern: GM program name or 0-127}}, not {programs!r}")
-    if not layers:
+    records = [r if isinstance(r, LayerRecord) else LayerRecord(*r) for r in layers]
+    if not any(r.sounded for r in records):
         raise GradmidiError("the model has no parameters to listen to")
-    names = [name or ROOT_NAME for name, _ in layers]
+    # A layer's label: its name, and its factor when factors are voices of their own.
+    labels = [(r.name or ROOT_NAME) + (f".{r.factor}" if factors and r.factor else "") for r in records]
+    sounded = [i for i, r in enumerate(records) if r.sounded]
     if voices is not None:
-        groups = _groups_from_patterns(names, voices)
+        units, members_of = _units([labels[i] for i in sounded], sounded)
+        groups = [(name, [i for u in unit_ids for i in members_of[u]])
+                  for name, unit_ids in _groups_from_patterns(units, voices)]
         if len(groups) > max_voices:
             raise GradmidiError(f"{len(groups)} voices asked for, but a MIDI port holds at most {max_voices}")
     else:
-        groups = _groups_by_prefix(names, max_voices)
-    kinds = [layer_kind(cls) for _, cls in layers]
-    assignment = np.full(len(layers), -1, dtype=np.int64)
+        groups = _planned_groups(records, max_voices, factors)
+    assignment = np.full(len(records), -1, dtype=np.int64)
     table = []
     per_kind: Counter[str] = Counter()
     for index, (voice_name, members) in enumerate(groups):
         assignment[members] = index
-        kind = Counter(kinds[i] for i in members).most_common(1)[0][0]
+        kinds = Counter(layer_kind(records[i].class_name, records[i].name) for i in members)
+        kind = min(kinds, key=lambda k: (-kinds[k], _KIND_PRECEDENCE.index(k)))
         program = kind_program(kind, per_kind[kind])
         per_kind[kind] += 1
-        table.append(Voice(index, voice_name, tuple(names[i] for i in members), kind, MELODIC_CHANNELS[index], program))
+        shown = tuple(dict.fromkeys(labels[i] for i in members))
+        table.append(Voice(index, voice_name, shown, kind, MELODIC_CHANNELS[index], program))
     table = _apply_programs(table, programs or {})
     return tuple(table), assignment
+
+
+def _units(names: list[str], indices: list[int]) -> tuple[list[str], list[list[int]]]:
+    """Distinct names in order, and the layer indices under each."""
+    by_name: dict[str, list[int]] = {}
+    for name, i in zip(names, indices, strict=True):
+        by_name.setdefault(name, []).append(i)
+    return list(by_name), list(by_name.values())
+
+
+def _planned_groups(records: list[LayerRecord], max_voices: int, factors: bool) -> list[tuple[str, list[int]]]:
+    """Groups by module path over every layer (sounded or not), keeping those that sound; with
+    ``factors``, each group split by adapter factor, planned coarser until the split fits."""
+    units, members_of = _units([r.name or ROOT_NAME for r in records], list(range(len(records))))
+    groups: list[tuple[str, list[int]]] = []
+    for budget in range(max_voices, 0, -1):
+        groups = []
+        for name, unit_ids in _groups_by_prefix(units, budget):
+            members = [i for u in unit_ids for i in members_of[u] if records[i].sounded]
+            if not members:
+                continue  # nothing here sounds (a frozen base): the voice is left out
+            parts: dict[str | None, list[int]] = {}
+            for i in members:
+                parts.setdefault(records[i].factor if factors else None, []).append(i)
+            if len(parts) == 1:
+                groups.append((name, members))
+            else:
+                groups.extend((f"{name}.{factor}" if factor else name, idx) for factor, idx in parts.items())
+        if len(groups) <= max_voices:
+            break
+    return groups
 
 
 def _groups_from_patterns(names: list[str], spec: VoiceSpec) -> list[tuple[str, list[int]]]:
@@ -97,19 +159,18 @@ def _groups_by_prefix(names: list[str], max_voices: int) -> list[tuple[str, list
     progress = True
     while progress:
         progress = False
+        groups = [_descend(g, parts) for g in groups]  # all at once, so the blocks' parts compare alike
         for gi in sorted(range(len(groups)), key=lambda g: -len(groups[g][1])):
             prefix, members, _ = groups[gi]
-            if len(members) < 2 or (prefix and prefix[-1].startswith("\0")):
-                continue  # a single layer, or a cut run of siblings: nothing left to split
+            if not _splittable(groups[gi]):
+                continue
             children = _children(prefix, members, parts)
             budget = max_voices - len(groups) + 1
-            if len(children) == 1:
-                groups[gi] = children[0]  # descend: same group, longer path
-                progress = True
-                break
-            # Siblings of the same size (the blocks of a transformer) are split all alike or not
-            # at all: six blocks as six voices beats block 0 in detail and block 5 as a lump.
-            twins = [g for g in groups if g[0][:-1] == prefix[:-1] and len(g[1]) == len(members) and g[0] != prefix]
+            # Siblings of the same size (the blocks of a transformer), and the same part of each
+            # block (layers.0.experts, layers.1.experts), are split all alike or not at all: six
+            # blocks as six voices beats block 0 in detail and block 5 as a lump.
+            twins = [g for g in groups if g[0] != prefix and len(g[1]) == len(members)
+                     and (g[0][:-1] == prefix[:-1] or _shape(g[0]) == _shape(prefix))]
             if twins:
                 cost = sum(len(_children(t[0], t[1], parts)) - 1 for t in twins) + len(children) - 1
                 if cost > budget - 1:
@@ -123,6 +184,27 @@ def _groups_by_prefix(names: list[str], max_voices: int) -> list[tuple[str, list
             break
     groups.sort(key=lambda g: min(g[1]))
     return [(display or ROOT_NAME, sorted(members)) for _, members, display in groups]
+
+
+def _splittable(group: _Group) -> bool:
+    """Not a single layer, nor a cut run of siblings: something is left to split."""
+    prefix, members, _ = group
+    return len(members) >= 2 and not (prefix and prefix[-1].startswith("\0"))
+
+
+def _descend(group: _Group, parts: list[list[str]]) -> _Group:
+    """The same group under its longest common path (``layers.0.experts`` -> ``layers.0.experts.*``)."""
+    while _splittable(group):
+        children = _children(group[0], group[1], parts)
+        if len(children) != 1:
+            break
+        group = children[0]
+    return group
+
+
+def _shape(prefix: list[str]) -> list[str]:
+    """A path with its indices taken out: the same part of every block has the same shape."""
+    return ["#" if part.isdigit() else part for part in prefix]
 
 
 def _children(prefix: list[str], members: list[int], parts: list[list[str]]) -> list[_Group]:

@@ -89,6 +89,18 @@ def test_transformers_example_groups_gpt2_into_its_four_voices(tmp_path):
                                                       "transformer.ln_f"]
 
 
+def test_lora_example_voices_the_adapted_llama_block_by_block(tmp_path):
+    out = run_example("lora_finetune.py", tmp_path / "lora.mid", "--steps", "4")
+    assert "24 adapter layers -> 6 voices" in out
+    summary = gradmidi.read_score(tmp_path / "lora.mid").summary()
+    assert summary["steps"] == 4 and summary["title"] == "LlamaForCausalLM"
+    assert [v["name"] for v in summary["voices"]] == [f"model.layers.{i}" for i in range(6)]
+    assert {v["kind"] for v in summary["voices"]} == {"attention"}
+    run_example("lora_finetune.py", tmp_path / "factors.mid", "--steps", "2", "--factors")
+    names = [v["name"] for v in gradmidi.read_score(tmp_path / "factors.mid").summary()["voices"]]
+    assert names == [f"model.layers.{i}.lora_{f}" for i in range(6) for f in "AB"]
+
+
 def test_ddp_torchrun_example_sounds_rank_zero_and_skips_unsynced_micro_steps(tmp_path):
     out = tmp_path / "ddp.mid"
     env = {**os.environ, "PYTHONPATH": str(EXAMPLES.parent), "OMP_NUM_THREADS": "1"}
