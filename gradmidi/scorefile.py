@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import bisect
 import csv
+import operator
 import os
 import struct
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
@@ -247,7 +248,7 @@ def _embedded_records(label: str, tracks) -> tuple[dict | None, list[tuple[int, 
             else:
                 continue
             if parsed and parsed[0] == HEADER_TAG:
-                header = parsed[1] if header is None else header  # the first one: the writer's
+                header = parsed[1]
             elif parsed and parsed[0] == RANGE_TAG:
                 ranges.append(_range_change(label, parsed[1]))
     return header, ranges
@@ -275,7 +276,6 @@ class _EditedScoreReader:
         self.label, self.header, self.tracks, self.division = label, header, tracks, division
         self.changes: list[str] = []
         self.retimed = False  # the file plays at another tempo than the run's clock
-        self.heard: set[int] = set()  # melodic channels with any message in the file
 
     def read(self, ranges: list[tuple[int, tuple[float, float]]]) -> ScoreFile:
         header, clock, mapping = self.header, self.header.clock, self.header.mapping
@@ -284,57 +284,70 @@ class _EditedScoreReader:
         voice_of_channel = self._voices_by_channel()
         kind_of_key = {key: kind for kind, key in header.drums.items()}  # the file's own table, not ours
         offsets = {v.index: clock.note_span(v.index, len(header.voices))[0] for v in header.voices}
-        on_scale = set(mapping.notes.tolist())
-        norm_velocity = mapping.velocity == "norm"
+        scale_notes = mapping.notes
+        velocity_of = dict(zip(scale_notes.tolist(), pitches_to_velocities(scale_notes, mapping).tolist(), strict=True))
+        fixed_velocity = mapping.velocity != "norm"  # with "norm", a pitch has one velocity: a moved key shows
         scale = (clock.ticks_per_beat, self.division)  # file ticks -> the clock's ticks
         markers, drums = [], []
-        notes: dict[int, list[tuple[int, int, int]]] = {}
-        taken: set[tuple[int, int]] = set()  # (voice, slot) already holding a note
+        notes: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
         moved: Counter[int] = Counter()
         off_scale: Counter[int] = Counter()
         moved_drums = 0
         last_slot = -1
         slot_ticks = clock.slot_ticks
+        rescale = scale[0] != scale[1]
+        programs: dict[int, int] = {}  # channel -> its first program change
         for track in self.tracks:
             for file_tick, event in track:
                 status = event[0]
-                if status & 0xF0 == 0x90 and event[2] > 0:
-                    tick, exact = divmod(file_tick * scale[0], scale[1])
-                    slot, place = divmod(tick, slot_ticks)
-                    last_slot = max(last_slot, slot)
-                    channel = status & 0x0F
-                    if channel == DRUM_CHANNEL:
-                        if exact or place:
-                            moved_drums += 1
-                            continue
-                        kind = kind_of_key.get(event[1])  # None: the epoch downbeat, or no event
-                        if kind is not None:
-                            drums.append((slot, kind))
-                    elif channel in voice_of_channel:
-                        voice = voice_of_channel[channel]
-                        if exact or place != offsets[voice] or (voice, slot) in taken:
-                            moved[voice] += 1
-                        elif event[1] not in on_scale or (
-                                norm_velocity and event[2] != int(pitches_to_velocities(np.array(event[1]), mapping))):
-                            off_scale[voice] += 1
-                        else:
-                            taken.add((voice, slot))
-                            notes.setdefault(voice, []).append((slot, event[1], event[2]))
-                elif _is_marker(event):
-                    markers.append((file_tick * scale[0] // scale[1] // slot_ticks, meta_body(event).decode("latin-1")))
-                elif event[:2] == b"\xff\x2f" and file_tick > 0:
-                    last_slot = max(last_slot, file_tick * scale[0] // scale[1] // slot_ticks - 1)
+                if status == 0xFF:
+                    if _is_marker(event):
+                        markers.append((file_tick * scale[0] // scale[1] // slot_ticks,
+                                        meta_body(event).decode("latin-1")))
+                    elif event[1] == 0x2F and file_tick > 0:
+                        last_slot = max(last_slot, file_tick * scale[0] // scale[1] // slot_ticks - 1)
+                    continue
+                if status & 0xF0 == 0xC0:
+                    programs.setdefault(status & 0x0F, event[1])
+                    continue
+                if status & 0xF0 != 0x90 or not event[2]:
+                    continue
+                tick, exact = divmod(file_tick * scale[0], scale[1]) if rescale else (file_tick, 0)
+                slot, place = divmod(tick, slot_ticks)
+                if slot > last_slot:
+                    last_slot = slot
+                channel = status & 0x0F
+                if channel == DRUM_CHANNEL:
+                    if exact or place:
+                        moved_drums += 1
+                        continue
+                    kind = kind_of_key.get(event[1])  # None: the epoch downbeat, or no event
+                    if kind is not None:
+                        drums.append((slot, kind))
+                elif channel in voice_of_channel:
+                    voice = voice_of_channel[channel]
+                    if exact or place != offsets[voice]:
+                        moved[voice] += 1
+                    elif event[1] not in velocity_of or not (fixed_velocity or velocity_of[event[1]] == event[2]):
+                        off_scale[voice] += 1
+                    else:
+                        notes[voice].append((slot, event[1], event[2]))
         suspect = Counter({voice: len(notes.pop(voice, [])) for voice in off_scale})  # transposed too, maybe
-        for entries in notes.values():
+        for voice, entries in notes.items():
             entries.sort()
+            slots = [slot for slot, _, _ in entries]
+            if any(map(operator.eq, slots, slots[1:])):  # gradmidi sounds a voice once a slot: notes were added
+                kept = _alone_in_their_slot(entries)
+                moved[voice] += len(entries) - len(kept)
+                notes[voice] = kept
         drums.sort()
         markers.sort(key=lambda m: m[0])
+        present = self._say_voices(voice_of_channel, programs, set(moved) | set(off_scale) | set(suspect) | set(notes))
         self._say_moved(moved, off_scale, suspect, moved_drums)
         self._say_timing()
         undecoded = dict(moved + off_scale + suspect)
-        heard = {voice: channel for channel, voice in voice_of_channel.items() if channel in self.heard}
-        score = ScoreFile(None, header, notes, drums, markers, ranges, last_slot, changes=self.changes,
-                          undecoded=undecoded, voice_channels=heard)
+        score = ScoreFile(None, header, dict(notes), drums, markers, ranges, last_slot, changes=self.changes,
+                          undecoded=undecoded, voice_channels=present)
         if self.retimed:
             score.seconds, score.bpm = self._played_length(last_slot)
         return score
@@ -348,26 +361,29 @@ class _EditedScoreReader:
         for v in voices:
             name = midi_text(v.name).decode("latin-1")
             by_name[name] = -1 if name in by_name else v.index  # a name two voices share decides nothing
-        programs: dict[int, int] = {}
         for name, track in zip(_track_names(self.tracks), self.tracks, strict=True):
-            channels = {e[0] & 0x0F for _, e in track if 0x80 <= e[0] < 0xF0} - {DRUM_CHANNEL}
-            for _, e in track:
-                if e[0] & 0xF0 == 0xC0:
-                    programs.setdefault(e[0] & 0x0F, e[1])
-            self.heard |= channels
             voice = by_name.get(name, -1)
-            if voice >= 0 and len(channels) == 1 and voices[voice].channel not in channels:
-                by_channel[channels.pop()] = voice
-        for v in voices:
-            channel = next((ch for ch, index in by_channel.items() if index == v.index and ch in self.heard), None)
-            if channel is None:
+            channel = next((e[0] & 0x0F for _, e in track if 0x80 <= e[0] < 0xF0), None)  # the track's first
+            if voice >= 0 and channel not in (None, DRUM_CHANNEL, voices[voice].channel):
+                by_channel[channel] = voice
+        return by_channel
+
+    def _say_voices(self, by_channel: dict[int, int], programs: dict[int, int], sounded: set[int]) -> dict[int, int]:
+        """Says which voices' tracks are gone and which play another program; returns voice -> channel
+        of the voices still in the file (a voice track holds its program change, even when silent)."""
+        present: dict[int, int] = {}
+        for channel, index in by_channel.items():
+            if channel in programs or index in sounded:
+                present[index] = channel
+        for v in self.header.voices:
+            if v.index not in present:
                 self.changes.append(f"voice {v.name!r} (channel {v.channel + 1}): its track is gone (deleted "
                                     "or muted), so are its norms")
-            elif programs.get(channel, v.program) != v.program:
-                now = programs[channel]
+            elif programs.get(present[v.index], v.program) != v.program:
+                now = programs[present[v.index]]
                 self.changes.append(f"voice {v.name!r}: plays program {now} {GM_PROGRAMS[now]} "
                                     f"(gradmidi wrote {v.program} {GM_PROGRAMS[v.program]})")
-        return by_channel
+        return present
 
     def _say_moved(self, moved: Counter[int], off_scale: Counter[int], suspect: Counter[int],
                    moved_drums: int) -> None:
@@ -403,6 +419,13 @@ class _EditedScoreReader:
         tempos = tempo_map(self.tracks)
         end = (last_slot + 1) * self.header.clock.slot_ticks * self.division // self.header.clock.ticks_per_beat
         return float(ticks_to_seconds([end], tempos, self.division)[0]), 60e6 / dict(tempos)[0]
+
+
+def _alone_in_their_slot(entries: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """The sorted (slot, pitch, velocity) entries whose slot holds no other note."""
+    slots = [slot for slot, _, _ in entries]
+    return [entry for i, entry in enumerate(entries)
+            if (i == 0 or slots[i - 1] != entry[0]) and (i + 1 == len(slots) or slots[i + 1] != entry[0])]
 
 
 def _plain_midi(label: str, tracks, division: int) -> ScoreFile:
