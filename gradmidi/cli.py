@@ -184,13 +184,16 @@ def inspect(file: Path, as_json: bool) -> None:
     console.print(f"[bold]{summary['title']}[/]  {file}")
     console.print(
         f"{summary['steps']} steps in {summary['slots']} slots (every {summary['every']}), "
-        f"{summary['bpm']:g} bpm, {summary['seconds']:g} s, {summary['scale']}"
+        f"{summary['bpm']:g} bpm, {summary['seconds']:g} s, "
+        + (summary["scale"] if summary["decodable"] else "no mapping (not a gradmidi score)")
     )
+    _say_changes(console, summary["changes"])
     table = Table("voice", "ch", "program", "kind", "layers", "notes", "pitches")
     for v in summary["voices"]:
         pitches = f"{v['pitch_range'][0]}-{v['pitch_range'][1]}" if v["pitch_range"] else "-"
+        notes = f"{v['notes']} (+{v['undecoded']} undecoded)" if v["undecoded"] else str(v["notes"])
         table.add_row(v["name"], str(v["channel"]), f"{v['program']} {v['instrument']}", v["kind"],
-                      str(v["layers"]), str(v["notes"]), pitches)
+                      str(v["layers"]), notes, pitches)
     console.print(table)
     events = ", ".join(f"{k} {n} (first at step {summary['first_event_step'][k]})"
                        for k, n in summary["events"].items() if n)
@@ -199,6 +202,12 @@ def inspect(file: Path, as_json: bool) -> None:
         shown = summary["markers"][:20]
         console.print("markers: " + "; ".join(f"{text}" for _, text in shown)
                       + (f"; ... {len(summary['markers']) - 20} more" if len(summary["markers"]) > 20 else ""))
+
+
+def _say_changes(console: Console, changes: list[str] | tuple[str, ...]) -> None:
+    """What an editor changed in a score (or that it is plain MIDI): said, never guessed around."""
+    for change in changes:
+        console.print(f"changed: {change}", markup=False)
 
 
 @cli.command()
@@ -244,7 +253,7 @@ def decode(file: Path, out: Path | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def render(file: Path, out: Path | None, soundfont: Path | None, rate: int, loudness: float, raw: bool, gain: float,
            jobs: int | None, quiet: bool, as_json: bool) -> None:
-    """Render a score to audio through FluidSynth."""
+    """Render a score (or any MIDI file) to audio through FluidSynth."""
     from .render import render as render_score
 
     out = out or file.with_suffix(".wav")
@@ -263,8 +272,10 @@ def render(file: Path, out: Path | None, soundfont: Path | None, rate: int, loud
                               jobs=jobs, progress=on_progress)
     if as_json:
         click.echo(json.dumps({"file": str(result.path), "seconds": result.seconds, "loudness_lufs": result.loudness,
-                               "soundfont": str(result.soundfont), "jobs": result.jobs}))
+                               "soundfont": str(result.soundfont), "jobs": result.jobs,
+                               "changes": list(result.changes)}))
     elif not quiet:
+        _say_changes(console, result.changes)
         level = f"{result.loudness:.1f} LUFS" if not raw else "FluidSynth's own level"
         console.print(f"{result.path}: {result.seconds:.1f} s, {level}, font {result.soundfont.name}")
 
@@ -318,7 +329,7 @@ def ports(api: str | None) -> None:
 @click.option("-q", "--quiet", is_flag=True)
 def play(file: Path, port: str | None, synth: bool, driver: str | None, soundfont: Path | None, api: str | None,
          quiet: bool) -> None:
-    """Play a saved score live, to a MIDI port or the in-process synth."""
+    """Play a saved score (or any MIDI file) live, to a MIDI port or the in-process synth."""
     from .outputs import open_output
     from .play import play_score
     from .render import read_timeline
@@ -328,6 +339,7 @@ def play(file: Path, port: str | None, synth: bool, driver: str | None, soundfon
     timeline = read_timeline(file)  # a bad file is refused before any port or synth opens
     output = open_output(f"synth:{driver or ''}" if synth else f"port:{port}", api, soundfont)
     console = _console(quiet)
+    _say_changes(console, timeline.changes)
     from rich.progress import BarColumn, Progress, TextColumn
 
     with Progress(TextColumn(f"playing {file.name} on {output.name}"), BarColumn(),
@@ -455,7 +467,10 @@ def sonify(source, out, tags, like, scale, key, bpm, every, aggregate, spikes) -
     if like is not None:
         from .scorefile import read_score
 
-        header = read_score(like).header
+        liked = read_score(like)
+        if not liked.decodable:
+            raise GradmidiError(f"{like}: --like needs a gradmidi score: this file has no gradmidi header")
+        header = liked.header
         mapping, clock, how = header.mapping, header.clock, header.info.get("aggregate", "max")
         stored = header.info.get("spikes")
         if isinstance(stored, dict):  # written by Sonifier: "inf" stands for math.inf

@@ -4,6 +4,3 @@
 class GradmidiError(ValueError):
     """Bad input or an unusable file; the CLI prints the message alone and exits non-zero."""
 
-
-class NotAScoreError(GradmidiError):
-    """A valid MIDI file that gradmidi did not write (no embedded header)."""

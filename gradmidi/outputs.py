@@ -1,4 +1,5 @@
-"""Where live MIDI goes: output ports and virtual ports (python-rtmidi), an in-process synth, memory.
+"""Where live MIDI goes: output ports and virtual ports (python-rtmidi), a port opened with mido, an
+in-process synth, memory.
 
 Every output shares one protocol, as mido's ports do: ``send(message)`` takes raw MIDI bytes,
 ``panic()`` silences whatever it left sounding, ``alive()`` says whether its destination still
@@ -210,6 +211,40 @@ class PortOutput(BaseOutput):
         time.sleep(CLOSE_GRACE_SECONDS)
         self._out.close_port()
         self._out.delete()
+
+
+class MidoOutput(BaseOutput):
+    """An output port the user opened with mido (any backend: rtmidi, portmidi, amidi, their own
+    ``mido.ports.BaseOutput``). gradmidi sends to it and silences what it left sounding on close,
+    but the port stays the user's: it is left open, for them to close."""
+
+    def __init__(self, port) -> None:
+        super().__init__()
+        self.port = port
+        self.name = str(getattr(port, "name", None) or type(port).__name__)
+        from .interop import import_mido
+
+        self._message = import_mido().Message.from_bytes
+
+    def _write(self, message: bytes) -> None:
+        self.port.send(self._message(message))
+
+    def alive(self) -> bool:
+        return not self._closed and not getattr(self.port, "closed", False)
+
+    def _release(self) -> None:
+        # Backends queue messages (rtmidi on JACK sends on the next cycle) and mido has no flush:
+        # leave the final note-offs time to go out before the user closes the port.
+        time.sleep(CLOSE_GRACE_SECONDS)
+
+
+def is_mido_output(obj: object) -> bool:
+    """True for an open mido output port (mido is imported only if it is already loaded: a port
+    cannot exist without it)."""
+    import sys
+
+    mido_ports = sys.modules.get("mido.ports")
+    return mido_ports is not None and isinstance(obj, mido_ports.BaseOutput)
 
 
 class SynthOutput(BaseOutput):

@@ -69,11 +69,13 @@ def plot_score(score: ScoreFile, max_points: int = 2000, title: str | None = Non
         label = f"{voice.name} ({GM_PROGRAMS[voice.program]})"
         x, y = _thin(steps, pitches, max_points)
         roll.scatter(x, y, s=6, marker="s", color=colour, label=label, linewidths=0)
+        result.voice_labels.append(label)
+        if not score.decodable:  # no mapping (no gradmidi header): the norms are not known, so not drawn
+            continue
         values = np.array([float(pitches_to_norms(np.array([p]), score.log_range_at(s), header.mapping)[0])
                            for s, p in zip(slots, pitches, strict=True)])
         x, y = _thin(steps, values, max_points)
         norms_ax.plot(x, y, color=colour, linewidth=0.8)
-        result.voice_labels.append(label)
     by_kind: dict[str, list[int]] = {}
     for slot, kind in score.drums:
         by_kind.setdefault(kind, []).append(score.step_of(slot))
@@ -90,8 +92,9 @@ def plot_score(score: ScoreFile, max_points: int = 2000, title: str | None = Non
     roll.set_ylabel("MIDI note")
     roll.set_ylim(header.mapping.low_note - 2, header.mapping.high_note + 2)
     roll.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
-    norms_ax.set_yscale("log")
-    norms_ax.set_ylabel("gradient norm (decoded)")
+    if score.decodable:
+        norms_ax.set_yscale("log")
+    norms_ax.set_ylabel("gradient norm (decoded)" if score.decodable else "no norms: no gradmidi header")
     norms_ax.set_xlabel("step")
     roll.set_title(title or f"{header.title}: {score.summary()['steps']} steps, {header.mapping.key} "
                    f"{header.mapping.scale.replace('_', ' ')}")

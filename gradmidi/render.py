@@ -70,6 +70,7 @@ class Timeline:
     seconds: float  # the score's length (its End of Track)
     notes: dict[int, int]  # channel -> note-ons
     path: Path | None = None  # the file itself, when the timeline is the whole score
+    changes: tuple[str, ...] = ()  # what an editor changed in a gradmidi score, or why it reads as plain MIDI
 
     def channels(self) -> list[int]:
         return sorted(self.notes)
@@ -85,12 +86,13 @@ class Timeline:
 
 
 def read_timeline(path: str | os.PathLike) -> Timeline:
-    """Parses a gradmidi score for rendering; one-line errors for anything else."""
+    """Parses any MIDI file for rendering or playing (a gradmidi score, edited or not, or plain MIDI);
+    one-line errors for what cannot be read."""
     from .scorefile import load_tracks, score_from_tracks
     from .smf import tempo_map, ticks_to_seconds
 
     tracks, division = load_tracks(path)
-    score_from_tracks(path, tracks)  # one-line errors for files that are not gradmidi scores
+    changes = tuple(score_from_tracks(path, tracks, division).changes)  # a damaged gradmidi header is refused
     notes: dict[int, int] = {}
     for track in tracks:
         for _, e in track:
@@ -100,7 +102,7 @@ def read_timeline(path: str | os.PathLike) -> Timeline:
         raise GradmidiError(f"{path}: the score holds no notes to render (an empty run?)")
     end = max(tick for track in tracks for tick, _ in track[-1:])
     seconds = float(ticks_to_seconds([end], tempo_map(tracks), division)[0])
-    return Timeline(tracks, division, seconds, notes, Path(path))
+    return Timeline(tracks, division, seconds, notes, Path(path), changes)
 
 
 def render_timeline(
@@ -212,6 +214,7 @@ class RenderResult:
     loudness: float  # LUFS after normalisation
     soundfont: Path
     jobs: int
+    changes: tuple[str, ...] = ()  # what an editor changed in the score (see ScoreFile.changes)
 
 
 def render(
@@ -226,7 +229,7 @@ def render(
     tail: float = TAIL_SECONDS,
     progress: Callable[[float, float], None] | None = None,
 ) -> RenderResult:
-    """Renders a gradmidi score to WAV, FLAC or OGG (by ``out``'s suffix).
+    """Renders a score (or any MIDI file) to WAV, FLAC or OGG (by ``out``'s suffix).
 
     ``loudness``: LUFS target (None keeps FluidSynth's own level); ``gain``: dB added after;
     ``jobs``: processes for long scores (default: every core; 1 renders in this process).
@@ -270,7 +273,8 @@ def render(
     if gain:
         audio *= np.float32(10 ** (gain / 20))
     _write_atomic(out, audio, rate, fmt)
-    return RenderResult(out, len(audio) / rate, measured + gain if loudness is not None else measured, font, jobs)
+    return RenderResult(out, len(audio) / rate, measured + gain if loudness is not None else measured, font, jobs,
+                        timeline.changes)
 
 
 def _write_atomic(out: Path, audio: np.ndarray, rate: int, fmt: tuple[str, str]) -> None:

@@ -138,9 +138,11 @@ def _card(page: RunPage) -> str:
     event_table = (f"<details{' open' if len(events) <= 20 else ''}><summary>events ({len(events)})</summary>"
                    f"<table class=\"events\"><tr><th>step</th><th>kind</th><th>marker</th></tr>{rows}</table>{more}"
                    f"</details>") if events else "<p>no events</p>"
+    changes = "".join(f"<li>{e(change)}</li>" for change in s["changes"])
     return (f'<section class="run" id="{e(page.name)}"><h2>{e(page.score.header.title)}</h2>'
             f'<div class="facts">{e(page.name)}.mid: {s["steps"]} steps, {s["seconds"]:g} s at {s["bpm"]:g} bpm, '
             f"{e(s['scale'].replace('_', ' '))}; {e(counts)}{e(diverged)}</div>"
+            + (f'<ul class="changes">{changes}</ul>' if changes else "") +
             f'<img src="{e(page.image)}" alt="piano roll and gradient norms of {e(page.name)}">{audio}'
             f'<table class="voices"><tr><th>voice</th><th>layers</th><th>ch</th><th>instrument</th><th>kind</th>'
             f"<th>pitches</th></tr>{voices}</table>{event_table}</section>")

@@ -74,6 +74,32 @@ def parse_json_meta(data: bytes | tuple) -> tuple[bytes, dict] | None:
         return None
 
 
+def meta_body(event: bytes) -> bytes:
+    """The data of a whole meta event (FF type varlen data), as ``read_smf`` returns them."""
+    pos = 2
+    while event[pos] & 0x80:
+        pos += 1
+    return event[pos + 1 :]
+
+
+def text_carrier(tag: bytes, payload: dict) -> str:
+    """The same JSON as ``json_meta``, as the text of a text event (``gradmidi {...}``): for tools such
+    as pretty_midi that keep text events but drop sequencer-specific ones."""
+    return tag.decode("ascii") + " " + json.dumps(payload, separators=(",", ":"), ensure_ascii=True)
+
+
+def parse_text_carrier(data: bytes) -> tuple[bytes, dict] | None:
+    """(tag, payload) of a ``text_carrier`` text; None for any other text."""
+    tag, sep, body = bytes(data).partition(b" ")
+    if not sep or tag not in (HEADER_TAG, RANGE_TAG):
+        return None
+    try:
+        payload = json.loads(body.decode("ascii"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return (tag, payload) if isinstance(payload, dict) else None
+
+
 class TrackSpool:
     """One track's encoded events; appended in tick order."""
 
@@ -256,8 +282,8 @@ def _read_track(data: bytes, pos: int, end: int) -> list[tuple[int, bytes]]:
 
 def tempo_map(tracks: list[list[tuple[int, bytes]]]) -> list[tuple[int, int]]:
     """(tick, microseconds per beat) changes, starting with 120 bpm at tick 0."""
-    changes = sorted((t, int.from_bytes(e[3:6], "big")) for track in tracks for t, e in track
-                     if e[:2] == b"\xff\x51")
+    changes = sorted(((t, int.from_bytes(e[3:6], "big")) for track in tracks for t, e in track
+                      if e[:2] == b"\xff\x51"), key=lambda change: change[0])  # stable: at one tick the last wins
     return [(0, 500_000)] + changes
 
 

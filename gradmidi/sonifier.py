@@ -81,8 +81,8 @@ class Sonifier:
         epoch_downbeat: a soft drum on each ``epoch()`` marker.
         title: the score's title (default: the model's class name).
 
-        live: play live: a port name (or part of one), "virtual[:NAME]", "synth[:DRIVER]", a
-            ``Sink``, or a list of them.
+        live: play live: a port name (or part of one), "virtual[:NAME]", "synth[:DRIVER]", an open
+            mido output port (left open on close: it is yours), a ``Sink``, or a list of them.
         midi_api: the MIDI API for ports (LINUX_ALSA, UNIX_JACK, MACOSX_CORE, WINDOWS_MM).
         live_latency: the most seconds of backlog live output holds; more is merged.
         serve: stream the score to ``gradmidi listen`` on "HOST:PORT" (loopback unless

@@ -122,13 +122,20 @@ def test_truncated_score_is_a_one_line_error(score, tmp_path):
     _one_line_error(run("decode", str(cut)), "cut.mid")
 
 
-def test_midi_file_from_elsewhere_is_not_a_gradmidi_score(tmp_path):
+def test_midi_file_from_elsewhere_inspects_as_plain_midi_but_does_not_decode(tmp_path):
     other = tmp_path / "song.mid"
     midi = mido.MidiFile()
-    midi.tracks.append(mido.MidiTrack([mido.Message("note_on", note=60, time=0),
+    midi.tracks.append(mido.MidiTrack([mido.MetaMessage("track_name", name="piano"),
+                                       mido.Message("program_change", program=40),
+                                       mido.Message("note_on", note=60, time=0),
                                        mido.Message("note_off", note=60, time=480)]))
     midi.save(other)
-    _one_line_error(run("inspect", str(other)), "not a gradmidi score")
+    result = run("inspect", str(other), "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert [(v["name"], v["program"], v["notes"]) for v in summary["voices"]] == [("piano", 40, 1)]
+    assert not summary["decodable"] and "no gradmidi header" in summary["changes"][0]
+    _one_line_error(run("decode", str(other)), "no gradmidi header, so no norms can be decoded")
 
 
 def test_decode_refuses_to_overwrite_the_score(score):

@@ -158,20 +158,36 @@ def test_missing_font_and_unknown_format_and_missing_folder(melody, tmp_path):
     assert _leftovers(tmp_path) == []
 
 
-def test_empty_score_and_non_score_midi_are_refused(tmp_path):
+def test_an_empty_score_is_refused(tmp_path):
     import torch.nn as nn
 
     empty = tmp_path / "empty.mid"
     gradmidi.Sonifier(nn.Linear(2, 2), empty).close()
     with pytest.raises(gradmidi.GradmidiError, match="no notes to render"):
         render(empty, tmp_path / "empty.wav")
-    song = tmp_path / "song.mid"
-    midi = mido.MidiFile()
-    midi.tracks.append(mido.MidiTrack([mido.Message("note_on", note=60), mido.Message("note_off", note=60, time=96)]))
-    midi.save(song)
-    with pytest.raises(gradmidi.GradmidiError, match="not a gradmidi score"):
-        render(song, tmp_path / "song.wav")
     assert _leftovers(tmp_path) == []
+
+
+def test_a_midi_file_gradmidi_did_not_write_renders_at_its_own_tempo(tmp_path):
+    """Plain MIDI from elsewhere (mido, 60 bpm, 960 ticks per beat, no gradmidi header): one A4 from
+    1 s to 2 s. The render is silent before the note, sounds during it, and is as long as the file."""
+    song = tmp_path / "song.mid"
+    midi = mido.MidiFile(ticks_per_beat=960)
+    midi.tracks.append(mido.MidiTrack([mido.MetaMessage("set_tempo", tempo=1_000_000)]))
+    midi.tracks.append(mido.MidiTrack([
+        mido.MetaMessage("track_name", name="flute"), mido.Message("program_change", program=73, channel=2),
+        mido.Message("note_on", note=69, velocity=100, channel=2, time=960),
+        mido.Message("note_off", note=69, channel=2, time=960)]))
+    midi.save(song)
+    result = render(song, tmp_path / "song.wav", loudness=None)
+    audio, rate = soundfile.read(tmp_path / "song.wav")
+    mono = np.abs(audio).mean(axis=1)
+    assert len(audio) / rate == pytest.approx(2.0 + TAIL_SECONDS, abs=1 / rate)
+    assert mono[: int(0.95 * rate)].max() < 1e-4  # nothing before the note's beat at 60 bpm
+    assert np.sqrt(np.mean(mono[int(1.1 * rate): int(1.9 * rate)] ** 2)) > 1e-3  # the note sounds
+    spectrum = np.abs(np.fft.rfft(audio[int(1.1 * rate): int(1.9 * rate)].mean(axis=1)))
+    assert abs(np.fft.rfftfreq(int(1.9 * rate) - int(1.1 * rate), 1 / rate)[spectrum.argmax()] - 440) < 10
+    assert result.changes and "no gradmidi header" in result.changes[0]
 
 
 MISSING_LIBRARY = """

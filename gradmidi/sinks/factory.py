@@ -11,11 +11,15 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Union
 
 from ..errors import GradmidiError
 from .base import Sink
 
-LiveSpec = str | Sink
+if TYPE_CHECKING:
+    import mido.ports
+
+LiveSpec = Union[str, Sink, "mido.ports.BaseOutput"]
 
 
 @dataclass
@@ -95,10 +99,11 @@ def check_user_sinks(sinks) -> list[Sink]:
 
 
 def _live_sinks(live, api, soundfont, latency) -> list[Sink]:
-    """live=: 'synth[:DRIVER]', 'virtual[:NAME]', a port name (or part of one), a Sink, or a list."""
+    """live=: 'synth[:DRIVER]', 'virtual[:NAME]', a port name (or part of one), an open mido output
+    port, a Sink, or a list of them."""
     if live is None:
         return []
-    from ..outputs import open_output
+    from ..outputs import MidoOutput, is_mido_output, open_output
     from .live import LiveSink
 
     specs = live if isinstance(live, (list, tuple)) else [live]
@@ -109,9 +114,13 @@ def _live_sinks(live, api, soundfont, latency) -> list[Sink]:
                 out.append(spec)
             elif isinstance(spec, str) and spec:
                 out.append(LiveSink(open_output(spec, api, soundfont), max_latency=latency))
+            elif is_mido_output(spec):
+                if spec.closed:
+                    raise GradmidiError(f"live=: the mido port {spec.name!r} is closed")
+                out.append(LiveSink(MidoOutput(spec), max_latency=latency))
             else:
-                raise GradmidiError(f"live= takes a port name, 'virtual[:NAME]', 'synth[:DRIVER]' or a Sink, "
-                                    f"not {spec!r}")
+                raise GradmidiError(f"live= takes a port name, 'virtual[:NAME]', 'synth[:DRIVER]', an open mido "
+                                    f"output port or a Sink, not {spec!r}")
     except BaseException:
         for sink in out:
             if isinstance(sink, LiveSink):
