@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from dataclasses import fields as dataclasses_fields
 from pathlib import Path
@@ -32,9 +33,21 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except GradmidiError as exc:
             raise click.ClickException(_one_line(str(exc))) from None
+        except BrokenPipeError:
+            _reader_gone()
         except OSError as exc:
             where = f"{exc.filename}: " if exc.filename else ""
             raise click.ClickException(_one_line(f"{where}{exc.strerror or exc}")) from None
+
+
+def _reader_gone() -> None:
+    """The reader of our output left (``gradmidi decode run.mid | head``): stop quietly, as a
+    command killed by SIGPIPE does (status 141), with no error and no shutdown noise."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush goes nowhere
+    except (OSError, ValueError):
+        pass
+    sys.exit(128 + 13)
 
 
 def _one_line(message: str) -> str:
@@ -52,6 +65,7 @@ def _console(quiet: bool = False) -> Console:
     from rich.console import Console
 
     console = Console(stderr=False, quiet=quiet, highlight=False)
+    console.on_broken_pipe = _reader_gone  # type: ignore[method-assign]  # rich's own says exit 1
     if not console.is_terminal:
         console.width = 160  # piped or logged: do not squeeze tables into 80 columns
     return console
@@ -517,6 +531,11 @@ def main() -> None:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+    finally:
+        try:
+            sys.stdout.flush()  # what is still buffered, while a closed pipe can still be told apart
+        except BrokenPipeError:
+            _reader_gone()
 
 
 if __name__ == "__main__":
