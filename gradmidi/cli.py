@@ -5,10 +5,13 @@ Every user mistake ends as one line on stderr and a non-zero exit, never a trace
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import re
 import sys
+from collections.abc import Iterator
 from dataclasses import fields as dataclasses_fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -234,8 +237,8 @@ def decode(file: Path, out: Path | None) -> None:
         return
     if out.exists() and out.resolve() == Path(file).resolve():
         raise GradmidiError(f"{out}: refusing to overwrite the score being decoded")
-    if out.suffix.lower() in (".mid", ".midi"):
-        raise GradmidiError(f"{out}: decode writes CSV; refusing to write it over a .mid name")
+    if out.suffix.lower() not in (".csv", ".txt", ""):
+        raise GradmidiError(f"-o {out}: decode writes CSV: name it .csv")
     rows = score.write_csv(out)
     click.echo(f"{rows} norms written to {out}", err=True)
 
@@ -438,33 +441,55 @@ class _nothing:
         return False
 
 
-@cli.command()
+@cli.command(short_help="A finished run's logs (TensorBoard, CSV, JSONL) into a score.")
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Score to write.")
 @click.option("--tags", multiple=True, metavar="PATTERN",
-              help="Glob over tag/name (repeatable); default: TensorBoard tags that look like gradient norms.")
+              help="Glob over tag/name (repeatable); default: TensorBoard tags that look like gradient norms, "
+                   "and the loss.")
 @click.option("--like", type=click.Path(path_type=Path), default=None,
               help="Take the mapping, tempo, every, aggregate and spike settings from this score.")
 @click.option("--scale", default=None, help="Scale (default: minor_pentatonic, or --like's).")
 @click.option("--key", default=None, help="Key (default: A, or --like's).")
+@click.option("--norm-range", type=(float, float), default=None, metavar="LOW HIGH",
+              help="Norms at the bottom and top of the register (default: 1e-4 1e2, or --like's).")
+@click.option("--adaptive/--fixed", default=None,
+              help="Re-centre the range on the run's own norms after a warm-up (default: fixed, or --like's).")
 @click.option("--bpm", type=click.FloatRange(20, 1200), default=None, help="Tempo (default: 120, or --like's).")
+@click.option("--duration", type=click.FloatRange(0, 1e9, min_open=True), default=None, metavar="SECONDS",
+              help="Fit the whole log into about this many seconds (sets the tempo; not with --bpm).")
 @click.option("--every", type=click.IntRange(1, 1_000_000), default=None,
               help="Steps per slot, for long logs (default: 1, or --like's).")
 @click.option("--aggregate", type=click.Choice(["max", "rms", "last"]), default=None,
               help="How a slot's steps combine (default: max, or --like's).")
+@click.option("--voices", "voice_patterns", multiple=True, metavar="PATTERN",
+              help="A voice of the series matching this glob (repeatable); default: one per series, "
+                   "grouped past 15.")
+@click.option("--programs", "program_specs", multiple=True, metavar="PATTERN=PROGRAM",
+              help="GM program (name or 0-127) for voices or series matching PATTERN (repeatable, or "
+                   "comma-separated): 'fc*=Violin,conv1=12'. An exact name beats a pattern.")
 @click.option("--spikes", default=None, metavar="NAME=VALUE,...",
               help="Spike detection settings, as gradmidi.SpikeSettings fields: z=3,warmup=4.")
-def sonify(source, out, tags, like, scale, key, bpm, every, aggregate, spikes) -> None:
-    """Turn a finished run's logs (TensorBoard, CSV or JSONL of step, name, value) into a score."""
+def sonify(source, out, tags, like, scale, key, norm_range, adaptive, bpm, duration, every, aggregate,
+           voice_patterns, program_specs, spikes) -> None:
+    """Turn a finished run's logs (TensorBoard, CSV or JSONL of step, name, value) into a score.
+
+    A series named loss (or .../loss, train_loss) is the run's loss: its jumps are loss spikes."""
     import dataclasses
 
-    from .clock import Clock
+    from .clock import MAX_BPM, Clock
     from .events import SpikeSettings
     from .mapping import Mapping
     from .replay import read_series, sonify_series
+    from .sinks.midifile import score_name_problem
 
+    problem = score_name_problem(out)
+    if problem:
+        raise GradmidiError(f"-o {out}: {problem} (or render it: gradmidi render)")
     if out.exists() and out.resolve() == source.resolve():
         raise GradmidiError(f"{out}: refusing to write the score over its source")
+    if duration is not None and bpm is not None:
+        raise GradmidiError(f"--bpm {bpm:g} and --duration {duration:g} both set the tempo: give one of them")
     mapping, clock, settings, how = Mapping(), Clock(), SpikeSettings(), "max"
     if like is not None:
         from .scorefile import read_score
@@ -476,16 +501,64 @@ def sonify(source, out, tags, like, scale, key, bpm, every, aggregate, spikes) -
             known = {f.name for f in dataclasses_fields(SpikeSettings)}
             values: dict[str, Any] = {k: float(v) if isinstance(v, str) else v for k, v in stored.items() if k in known}
             settings = SpikeSettings(**values)
-    mapping = dataclasses.replace(mapping, **{k: v for k, v in (("scale", scale), ("key", key)) if v is not None})
+    given = {"scale": scale, "key": key, "norm_range": norm_range, "adaptive": adaptive}
+    with _in_flags(SONIFY_FLAGS):
+        mapping = dataclasses.replace(mapping, **{k: v for k, v in given.items() if v is not None})
     clock = dataclasses.replace(clock, **{k: v for k, v in (("bpm", bpm), ("every", every)) if v is not None})
+    programs = _pairs_text(program_specs, "--programs", "PATTERN=PROGRAM")
     if spikes:
         settings = dataclasses.replace(settings, **_settings_text(spikes, SpikeSettings))
     series = read_series(source, list(tags) or None)
-    steps = sonify_series(series, out, title=source.name, mapping=mapping, clock=clock, aggregate=aggregate or how,
-                          spikes=settings)
+    if duration is not None:
+        steps = sorted({s for values in series.values.values() for s in values})
+        fitted = Clock.for_duration(duration, len(steps), slot_beats=clock.slot_beats, every=clock.every,
+                                    arpeggio=clock.arpeggio, gate=clock.gate)
+        if every is not None and fitted.every != every:
+            click.echo(f"note: --every {every} raised to {fitted.every} to fit {len(steps)} steps into "
+                       f"--duration {duration:g} (at most {MAX_BPM:g} bpm)", err=True)
+        clock = fitted
+    loss = series.loss_name()
+    with _in_flags(SONIFY_FLAGS):
+        steps_written = sonify_series(series, out, title=source.name, mapping=mapping, clock=clock,
+                                      aggregate=aggregate or how, spikes=settings,
+                                      voices=list(voice_patterns) or None, programs=programs or None)
     for note in series.notes():
         click.echo(f"note: {note}", err=True)
-    click.echo(f"{out}: {steps} steps, {len(series.values)} voices from {source}", err=True)
+    if loss is not None:
+        click.echo(f"note: {loss} is the loss: its jumps sound as loss spikes", err=True)
+    voices = len(series.values) - (loss is not None)
+    click.echo(f"{out}: {steps_written} steps, {voices} series from {source}", err=True)
+
+
+# The library's option names, as the sonify command spells them.
+SONIFY_FLAGS = {"norm_range": "--norm-range", "programs pattern": "--programs pattern",
+                "voice pattern": "--voices pattern"}
+
+
+@contextlib.contextmanager
+def _in_flags(flags: dict[str, str]) -> Iterator[None]:
+    """A library error names keyword arguments; on the command line it names the flags typed."""
+    try:
+        yield
+    except GradmidiError as exc:
+        message = str(exc)
+        for name, flag in flags.items():
+            message = re.sub(rf"(?<![\w-]){re.escape(name)}\b", flag, message)
+        raise GradmidiError(message) from None
+
+
+def _pairs_text(specs: tuple[str, ...], option: str, form: str) -> dict[str, str | int]:
+    """('fc*=Violin,conv1=12', ...) -> {'fc*': 'Violin', 'conv1': 12}; one-line errors naming the option."""
+    out: dict[str, str | int] = {}
+    for part in (p.strip() for spec in specs for p in spec.split(",")):
+        if not part:
+            continue
+        name, sep, value = part.rpartition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise GradmidiError(f"{option}: expected {form}, not {part!r}")
+        value = value.strip()
+        out[name.strip()] = int(value) if value.isdigit() else value
+    return out
 
 
 def _settings_text(text: str, kind) -> dict:

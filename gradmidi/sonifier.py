@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections import deque
 from collections.abc import Mapping as MappingABC
 from collections.abc import Sequence
@@ -26,7 +27,7 @@ import numpy as np
 from . import __version__, lifecycle
 from .capture import Layer, NormCapture, PendingNorms, discover_layers
 from .checks import flag, real, whole
-from .clock import Clock
+from .clock import MAX_BPM, Clock
 from .distributed import GradientSyncWatch, layer_class_name, rank_and_world, unwrap
 from .errors import GradmidiError
 from .events import SpikeSettings
@@ -64,10 +65,11 @@ class Sonifier:
         arpeggio: spread a slot's voices across it instead of sounding them together.
         gate: the share of a slot a note sounds.
         duration, total_steps: play the whole run in about ``duration`` seconds (picks the tempo,
-            and ``every`` past the fastest tempo); replaces ``bpm``.
+            so not with ``bpm``, and ``every`` past the fastest tempo, with a warning).
 
         voices: group layers into voices (a list of patterns or {voice: patterns}).
-        programs: General MIDI program per voice ({voice: number or name}).
+        programs: General MIDI program per voice ({voice, layer or pattern: number or name}); an
+            exact name beats a pattern.
         max_voices: at most this many voices (1-15); more layers are grouped.
         include_frozen: also sound layers whose parameters do not require gradients.
 
@@ -107,7 +109,7 @@ class Sonifier:
         adaptive_every: int = Mapping.adaptive_every,
         adaptive_quantiles: tuple[float, float] = Mapping.adaptive_quantiles,
         mapping: Mapping | None = None,
-        bpm: float = Clock.bpm,
+        bpm: float | None = None,
         slot_beats: float = Clock.slot_beats,
         every: int = Clock.every,
         arpeggio: bool = Clock.arpeggio,
@@ -145,10 +147,18 @@ class Sonifier:
         if duration is not None:
             if not total_steps:
                 raise GradmidiError("duration= needs total_steps= (how many steps the run will take)")
+            if bpm is not None:
+                raise GradmidiError(f"bpm={bpm!r} and duration={duration!r} both set the tempo: give one of them")
             clock = Clock.for_duration(duration, total_steps, slot_beats=slot_beats, every=every, arpeggio=arpeggio,
                                        gate=gate)
+            if every != 1 and clock.every != every:
+                warnings.warn(f"gradmidi: every={every} raised to {clock.every} to fit total_steps={total_steps} "
+                              f"into duration={duration:g} s (at most {MAX_BPM:g} bpm)", UserWarning, stacklevel=2)
         else:
-            clock = Clock(bpm=bpm, slot_beats=slot_beats, every=every, arpeggio=arpeggio, gate=gate)
+            if total_steps is not None:
+                raise GradmidiError("total_steps= is only used with duration= (to fit the run into that time)")
+            clock = Clock(bpm=Clock.bpm if bpm is None else bpm, slot_beats=slot_beats, every=every,
+                          arpeggio=arpeggio, gate=gate)
         user_sinks = check_user_sinks(sinks)
 
         self.rank, world = rank_and_world()
@@ -181,6 +191,7 @@ class Sonifier:
         self._steps = 0
         self._epochs = 0
         self._closed = False
+        self._warned_closed = False
         self.server: Sink | None = None
         self._session: ScoreSession | None = None
         if not self.sounding:
@@ -216,6 +227,10 @@ class Sonifier:
         and on the ranks that do not sound (call it on every rank all the same).
         """
         if self._closed:
+            if not self._warned_closed:
+                self._warned_closed = True
+                warnings.warn("gradmidi: step() after close(): the score is finished, so this step and any later "
+                              "are not sounded; make a new Sonifier for more", UserWarning, stacklevel=3)
             return None
         if self._sync_watch is not None:
             if not self._sync_watch.synced():  # a no_sync() micro-step: its gradients are partial

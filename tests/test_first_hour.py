@@ -129,3 +129,134 @@ def test_plot_gives_two_voices_of_one_kind_clearly_different_colours(tmp_path):
     roll = plot_score(gradmidi.read_score(path)).figure.axes[0]
     first, second = (rgb_to_hsv(to_rgb(c.get_facecolor()[0]))[0] for c in roll.collections[:2])
     assert min(abs(first - second), 1 - abs(first - second)) > 0.05  # hues apart, not one hue light and dark
+
+
+# -- silent surprises -----------------------------------------------------------------------------
+def test_duration_and_bpm_together_are_refused_naming_both():
+    with pytest.raises(gradmidi.GradmidiError, match=r"bpm=90 and duration=5 both set the tempo"):
+        gradmidi.Sonifier(small_model(), None, duration=5, total_steps=100, bpm=90)
+
+
+def test_duration_raising_a_given_every_is_warned_naming_both():
+    with pytest.warns(UserWarning, match=r"every=4 raised to 100 to fit total_steps=10000 into duration=5 s"):
+        son = gradmidi.Sonifier(small_model(), None, duration=5, total_steps=10000, every=4)
+    assert son.header.clock.every == 100
+    son.close()
+
+
+def test_total_steps_without_duration_is_refused():
+    with pytest.raises(gradmidi.GradmidiError, match=r"total_steps= is only used with duration="):
+        gradmidi.Sonifier(small_model(), None, total_steps=100)
+
+
+def test_an_exact_voice_name_beats_a_pattern_whatever_the_order():
+    model = nn.Sequential(*[nn.Linear(4, 4) for _ in range(6)])
+    with gradmidi.Sonifier(model, None, programs={"0": "Violin", "4": 12, "*": "Flute"}) as son:
+        programs = {v.name: v.program for v in son.voices}
+    violin, flute = gradmidi.instruments.GM_PROGRAMS.index("Violin"), gradmidi.instruments.GM_PROGRAMS.index("Flute")
+    assert programs == {"0": violin, "1": flute, "2": flute, "3": flute, "4": 12, "5": flute}
+
+
+@pytest.mark.parametrize("name", ["son.wav", "son.png", "son.csv"])
+def test_a_score_is_not_written_under_a_name_promising_other_content(tmp_path, name):
+    with pytest.raises(gradmidi.GradmidiError, match=rf"{name}: a \.\w+ name promises .*: name it \.mid"):
+        gradmidi.Sonifier(small_model(), tmp_path / name)
+    assert not (tmp_path / name).exists()
+
+
+def test_sonify_refuses_an_audio_name_for_its_score(tmp_path):
+    log = tmp_path / "log.csv"
+    log.write_text("step,name,value\n0,fc,0.5\n1,fc,0.6\n")
+    result = run("sonify", str(log), "-o", str(tmp_path / "new.wav"))
+    assert result.returncode == 1
+    assert result.stderr.strip() == (f"Error: -o {tmp_path / 'new.wav'}: a .wav name promises audio, but this is a "
+                                     "MIDI score: name it .mid (or render it: gradmidi render)")
+    assert not (tmp_path / "new.wav").exists()
+
+
+def test_decode_refuses_an_image_name_for_its_csv(score, tmp_path):
+    result = run("decode", str(score), "-o", str(tmp_path / "dec.png"))
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"Error: -o {tmp_path / 'dec.png'}: decode writes CSV: name it .csv"
+    assert not (tmp_path / "dec.png").exists()
+
+
+def test_a_model_that_is_not_a_module_gets_one_line_naming_model():
+    with pytest.raises(gradmidi.GradmidiError, match=r"^model must be a torch.nn.Module .*, not 'notamodel'$"):
+        gradmidi.Sonifier("notamodel", None)
+
+
+def test_step_after_close_is_warned_once(tmp_path):
+    model = small_model()
+    son = gradmidi.Sonifier(model, tmp_path / "run.mid")
+    train(son, model, 3)
+    son.close()
+    with pytest.warns(UserWarning, match=r"step\(\) after close\(\)") as caught:
+        train(son, model, 3)
+    assert len([w for w in caught if "after close" in str(w.message)]) == 1
+    assert son.steps == 3
+
+
+def test_two_sonifiers_on_one_path_are_refused_until_the_first_closes(tmp_path):
+    path = tmp_path / "run.mid"
+    first = gradmidi.Sonifier(small_model(), path)
+    with pytest.raises(gradmidi.GradmidiError, match="already being written by another Sonifier"):
+        gradmidi.Sonifier(small_model(), tmp_path / "." / "run.mid")
+    first.close()
+    gradmidi.Sonifier(small_model(), path).close()
+
+
+def write_log(path: Path, rows: list[tuple[int, str, float]]) -> Path:
+    path.write_text("step,name,value\n" + "".join(f"{s},{n},{v}\n" for s, n, v in rows))
+    return path
+
+
+def test_sonify_takes_a_loss_series_as_the_loss_and_hears_its_jump_as_a_loss_spike(tmp_path):
+    rows = [(s, "fc", 0.5) for s in range(60)] + [(s, "train/loss", 2.0 if s != 40 else 50.0) for s in range(60)]
+    result = run("sonify", str(write_log(tmp_path / "log.csv", rows)), "-o", str(tmp_path / "run.mid"))
+    assert result.returncode == 0, result.stderr
+    assert "train/loss is the loss" in result.stderr
+    score = gradmidi.read_score(tmp_path / "run.mid")
+    assert [v.name for v in score.header.voices] == ["fc"]
+    assert [(score.step_of(slot), kind) for slot, kind in score.drums] == [(40, "loss_spike")]
+
+
+def test_sonify_has_the_mapping_and_clock_options_of_a_live_run(tmp_path):
+    rows = [(s, name, 0.01 * (1 + s)) for s in range(200) for name in ("enc.0", "enc.1", "head")]
+    log = write_log(tmp_path / "log.csv", rows)
+    out = tmp_path / "run.mid"
+    result = run("sonify", str(log), "-o", str(out), "--duration", "20", "--norm-range", "1e-3", "10", "--adaptive",
+                 "--voices", "enc.*", "--voices", "head", "--programs", "enc.*=Violin,head=12")
+    assert result.returncode == 0, result.stderr
+    header = gradmidi.read_score(out).header
+    assert [(v.name, v.program) for v in header.voices] == [("enc.*", 40), ("head", 12)]
+    assert header.mapping.norm_range == (1e-3, 10.0) and header.mapping.adaptive
+    assert header.clock.bpm == pytest.approx(60 * 200 * 0.25 / 20)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--bpm", "90", "--duration", "5"], "Error: --bpm 90 and --duration 5 both set the tempo: give one of them"),
+    (["--norm-range", "1", "0.5"], "Error: --norm-range (1.0, 0.5) is invalid: need 0 < low < high < inf"),
+    (["--programs", "zz*=Flute"], "Error: --programs pattern 'zz*' matches no voice or layer"),
+    (["--programs", "Flute"], "Error: --programs: expected PATTERN=PROGRAM, not 'Flute'"),
+])
+def test_sonify_option_errors_name_the_flags_typed(tmp_path, args, message):
+    log = write_log(tmp_path / "log.csv", [(s, "fc", 0.5) for s in range(10)])
+    result = run("sonify", str(log), "-o", str(tmp_path / "run.mid"), *args)
+    assert result.returncode == 1
+    assert result.stderr.strip() == message
+    assert not (tmp_path / "run.mid").exists()
+
+
+def test_sonify_raising_a_given_every_to_fit_the_duration_says_so(tmp_path):
+    log = write_log(tmp_path / "log.csv", [(s, "fc", 0.5) for s in range(10000)])
+    result = run("sonify", str(log), "-o", str(tmp_path / "run.mid"), "--duration", "5", "--every", "4")
+    assert result.returncode == 0, result.stderr
+    assert "note: --every 4 raised to 100 to fit 10000 steps into --duration 5" in result.stderr
+    assert gradmidi.read_score(tmp_path / "run.mid").header.clock.every == 100
+
+
+def test_sonify_of_a_score_says_it_is_a_score_not_a_log(score, tmp_path):
+    result = run("sonify", str(score), "-o", str(tmp_path / "out.mid"))
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"Error: {score} is a MIDI score, not a log: sonify reads")
