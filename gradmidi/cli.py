@@ -74,7 +74,7 @@ def _console(quiet: bool = False) -> Console:
     return console
 
 
-@cli.command()
+@cli.command(short_help="Train the seed experiment and write its five scores.")
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("gradmidi-demo"), show_default=True, help="Folder for the .mid files.")
 @click.option("--steps", type=click.IntRange(1, 100_000), default=200, show_default=True,
@@ -86,8 +86,8 @@ def _console(quiet: bool = False) -> Console:
 @click.option("--seed", type=int, default=1, show_default=True,
               help="Training seed. Batch-256 divergence is chaotic: about half of seeds overflow to NaN, "
                    "the rest explode and die.")
-@click.option("--scale", default="minor_pentatonic", show_default=True)
-@click.option("--key", default="A", show_default=True)
+@click.option("--scale", default="minor_pentatonic", show_default=True, help="Scale (see gradmidi programs).")
+@click.option("--key", default="A", show_default=True, help="Key: a note name such as C, F#, Bb.")
 @click.option("--audio/--no-audio", default=True, show_default=True,
               help="Render each score to .wav with FluidSynth and gradmidi's own SoundFont.")
 @click.option("--report/--no-report", default=True, show_default=True,
@@ -184,7 +184,7 @@ def _summary_table(results: list[Result]) -> Table:
     return table
 
 
-@cli.command()
+@cli.command(short_help="A score's voices, programs, steps and events (--json).")
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def inspect(file: Path, as_json: bool) -> None:
@@ -218,7 +218,7 @@ def inspect(file: Path, as_json: bool) -> None:
                       + (f"; ... {len(summary['markers']) - 20} more" if len(summary["markers"]) > 20 else ""))
 
 
-@cli.command()
+@cli.command(short_help="A score back to step, voice, norm (CSV).")
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="CSV to write (columns step, voice, norm); default: standard output.")
@@ -243,7 +243,7 @@ def decode(file: Path, out: Path | None) -> None:
     click.echo(f"{rows} norms written to {out}", err=True)
 
 
-@cli.command()
+@cli.command(short_help="A score to audio (WAV, FLAC, OGG) through FluidSynth.")
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Audio file: .wav, .flac or .ogg (default: FILE with .wav).")
@@ -286,9 +286,9 @@ def render(file: Path, out: Path | None, soundfont: Path | None, rate: int, loud
         console.print(f"{result.path}: {result.seconds:.1f} s, {level}, font {result.soundfont.name}")
 
 
-@cli.command()
+@cli.command(short_help="The General MIDI SoundFonts installed on this machine.")
 @click.option("--all", "show_all", is_flag=True, help="Also list fonts that are not complete General MIDI sets.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the fonts as JSON.")
 def fonts(show_all: bool, as_json: bool) -> None:
     """List the General MIDI SoundFonts installed on this machine, and the one in use."""
     from .fonts import ENV_VAR, font_info, resolve_soundfont, system_fonts
@@ -310,29 +310,30 @@ def fonts(show_all: bool, as_json: bool) -> None:
         click.echo(f"{f.path}  {f.name}  {f.size / 1e6:.1f} MB  {kind}, {f.drum_kits} drum kit(s)")
 
 
-@cli.command()
+@cli.command(short_help="The MIDI output ports (--api UNIX_JACK, ...).")
 @click.option("--api", default=None, help="MIDI API: LINUX_ALSA, UNIX_JACK, MACOSX_CORE, WINDOWS_MM "
               "(default: $MIDO_BACKEND's, else the platform's).")
 def ports(api: str | None) -> None:
     """List the MIDI output ports live playback can use."""
     from .outputs import list_output_ports
 
-    names = list_output_ports(api)
+    with _in_flags(LIVE_FLAGS):
+        names = list_output_ports(api)
     if not names:
-        click.echo("no MIDI output ports: start a synth or DAW, or use a virtual port (live='virtual') "
-                   "or the in-process synth (live='synth')")
+        click.echo("no MIDI output ports: start a synth or DAW, or play through the in-process synth "
+                   "(gradmidi play FILE --synth)")
     for name in names:
         click.echo(name)
 
 
-@cli.command()
+@cli.command(short_help="A score live, to a MIDI port or the in-process synth.")
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--port", default=None, help="Output port name (or part of one).")
 @click.option("--synth", is_flag=True, help="Play through FluidSynth in this process.")
 @click.option("--driver", default=None, help="Audio driver for --synth (pulseaudio, pipewire, alsa, jack, ...).")
 @click.option("--soundfont", type=click.Path(path_type=Path), default=None, help="SoundFont for --synth.")
 @click.option("--api", default=None, help="MIDI API for --port (see 'gradmidi ports').")
-@click.option("-q", "--quiet", is_flag=True)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 def play(file: Path, port: str | None, synth: bool, driver: str | None, soundfont: Path | None, api: str | None,
          quiet: bool) -> None:
     """Play a saved score live, to a MIDI port or the in-process synth."""
@@ -343,7 +344,8 @@ def play(file: Path, port: str | None, synth: bool, driver: str | None, soundfon
     if bool(port) == bool(synth):
         raise GradmidiError("choose one of --port NAME or --synth")
     timeline = read_timeline(file)  # a bad file is refused before any port or synth opens
-    output = open_output(f"synth:{driver or ''}" if synth else f"port:{port}", api, soundfont)
+    with _in_flags(LIVE_FLAGS):
+        output = open_output(f"synth:{driver or ''}" if synth else f"port:{port}", api, soundfont)
     console = _console(quiet)
     from rich.progress import BarColumn, Progress, TextColumn
 
@@ -357,7 +359,7 @@ def play(file: Path, port: str | None, synth: bool, driver: str | None, soundfon
         console.print(f"played {file} ({seconds:.1f} s) on {output.name}")
 
 
-@cli.command()
+@cli.command(short_help="A run served elsewhere (serve=), live and/or saved (--save).")
 @click.argument("address", metavar="HOST:PORT")
 @click.option("--port", default=None, help="Output port name (or part of one).")
 @click.option("--synth", is_flag=True, help="Play through FluidSynth in this process.")
@@ -370,7 +372,7 @@ def play(file: Path, port: str | None, synth: bool, driver: str | None, soundfon
               help="The token a server bound beyond loopback printed at start (or $GRADMIDI_TOKEN).")
 @click.option("--latency", type=click.FloatRange(0.05, 10), default=0.5, show_default=True,
               help="Most seconds of backlog played; more is merged (as live= does).")
-@click.option("-q", "--quiet", is_flag=True)
+@click.option("-q", "--quiet", is_flag=True, help="Say nothing on the terminal (connections, saved files).")
 def listen(address: str, port: str | None, synth: bool, driver: str | None, soundfont: Path | None, api: str | None,
            save: Path | None, token: str | None, latency: float, quiet: bool) -> None:
     """Play a run served elsewhere (Sonifier(..., serve="HOST:PORT")) live; reconnects when it drops."""
@@ -388,14 +390,15 @@ def listen(address: str, port: str | None, synth: bool, driver: str | None, soun
     listener = Listener(address, open_output=(lambda: open_output(spec, api, soundfont)) if spec else None,
                         save=save, token=token, max_latency=latency, say=say)
     try:
-        listener.run()
+        with _in_flags(LIVE_FLAGS):
+            listener.run()
     except KeyboardInterrupt:
         say("stopped")
     for path in listener.saved:
         say(f"saved {path}")
 
 
-@cli.command()
+@cli.command(short_help="A score as a picture (PNG, SVG, PDF).")
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Image to write: .png, .svg or .pdf (default: FILE with .png).")
@@ -410,14 +413,15 @@ def plot(file: Path, out: Path | None, max_points: int) -> None:
     click.echo(f"{out}: {len(result.voice_labels)} voices, {len(result.events)} events", err=True)
 
 
-@cli.command()
+@cli.command(short_help="An HTML page comparing runs: plots, audio, voices, events.")
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), default=Path("gradmidi-report"),
               show_default=True, help="Folder for index.html, plots and audio.")
 @click.option("--audio/--no-audio", default=True, show_default=True, help="Render each run to .ogg for the page.")
-@click.option("--soundfont", type=click.Path(path_type=Path), default=None)
-@click.option("--title", default="gradmidi report", show_default=True)
-@click.option("-q", "--quiet", is_flag=True)
+@click.option("--soundfont", type=click.Path(path_type=Path), default=None,
+              help="SoundFont for the audio (default: $GRADMIDI_SOUNDFONT, else gradmidi's own).")
+@click.option("--title", default="gradmidi report", show_default=True, help="The page's title.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress; print only the page's path.")
 def report(files: tuple[Path, ...], out: Path, audio: bool, soundfont: Path | None, title: str, quiet: bool) -> None:
     """A static HTML page comparing runs: plot, audio, events and voices for each."""
     from .report import build_report
@@ -530,6 +534,8 @@ def sonify(source, out, tags, like, scale, key, norm_range, adaptive, bpm, durat
     click.echo(f"{out}: {steps_written} steps, {voices} series from {source}", err=True)
 
 
+# The library's advice on live output, as play, listen and ports spell it.
+LIVE_FLAGS = {"live='synth:DRIVER'": "--driver DRIVER", "live='synth'": "--synth", "api='UNIX_JACK'": "--api UNIX_JACK"}
 # The library's option names, as the sonify command spells them.
 SONIFY_FLAGS = {"norm_range": "--norm-range", "programs pattern": "--programs pattern",
                 "voice pattern": "--voices pattern"}
@@ -543,7 +549,7 @@ def _in_flags(flags: dict[str, str]) -> Iterator[None]:
     except GradmidiError as exc:
         message = str(exc)
         for name, flag in flags.items():
-            message = re.sub(rf"(?<![\w-]){re.escape(name)}\b", flag, message)
+            message = re.sub(rf"(?<![\w-]){re.escape(name)}(?!\w)", flag, message)
         raise GradmidiError(message) from None
 
 
@@ -580,7 +586,7 @@ def _settings_text(text: str, kind) -> dict:
     return out
 
 
-@cli.command()
+@cli.command(short_help="GM programs, scales, layer families and event drums.")
 def programs() -> None:
     """List the General MIDI programs, scales, layer families and event drums."""
     from .events import DOWNBEAT_KEY, registered

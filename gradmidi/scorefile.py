@@ -111,8 +111,10 @@ def load_tracks(path: str | os.PathLike) -> tuple[list[list[tuple[int, bytes]]],
         raise GradmidiError(f"{path}: is a folder, not a MIDI file")
     try:
         _, division, tracks = read_smf(path.read_bytes())
-    except (SMFError, IndexError, KeyError, struct.error) as exc:
-        raise GradmidiError(f"{path}: not a readable MIDI file ({exc or 'truncated'})") from None
+    except SMFError as exc:
+        raise GradmidiError(f"{path}: not a readable MIDI file ({exc})") from None
+    except (IndexError, KeyError, struct.error):  # the parser ran off the end of the bytes, or met garbage
+        raise GradmidiError(f"{path}: not a readable MIDI file (damaged: an event is cut short)") from None
     return tracks, division
 
 

@@ -321,7 +321,8 @@ class Sonifier:
 
     def interrupt(self) -> None:
         """Marks the run interrupted: the score gets an 'interrupted' marker and live output stops
-        at once when it closes. Ctrl-C and SIGTERM call this; it only sets a flag."""
+        at once when it closes. SIGTERM calls this, and a close during or after Ctrl-C's KeyboardInterrupt; it
+        only sets a flag."""
         if self._session is not None:
             self._session.interrupt()
 
@@ -329,6 +330,8 @@ class Sonifier:
         """Finishes the score: every note closed, every sink flushed (and audio rendered). Safe to call twice."""
         if self._closed:
             return
+        if lifecycle.interrupted_by_ctrl_c():
+            self.interrupt()
         self._closed = True
         if self._sync_watch is not None:
             self._sync_watch.close()

@@ -260,3 +260,81 @@ def test_sonify_of_a_score_says_it_is_a_score_not_a_log(score, tmp_path):
     result = run("sonify", str(score), "-o", str(tmp_path / "out.mid"))
     assert result.returncode == 1
     assert result.stderr.startswith(f"Error: {score} is a MIDI score, not a log: sonify reads")
+
+
+# -- messages and help ----------------------------------------------------------------------------
+def test_help_shows_every_command_summary_whole():
+    result = run("--help")
+    assert result.returncode == 0
+    commands = result.stdout.split("Commands:")[1].strip().splitlines()
+    assert len(commands) == 12
+    assert not [line for line in commands if line.rstrip().endswith("...")]
+
+
+def test_every_option_of_every_command_has_help():
+    from gradmidi.cli import cli
+
+    missing = [f"{name} {'/'.join(p.opts)}" for name, command in cli.commands.items() for p in command.params
+               if isinstance(p, __import__("click").Option) and not p.help]
+    assert missing == []
+
+
+def test_live_errors_on_the_command_line_name_its_flags(score):
+    result = run("play", str(score), "--synth", "--driver", "nosuch")
+    assert result.returncode == 1
+    assert "--driver DRIVER" in result.stderr and "live=" not in result.stderr
+    ports = run("ports")
+    assert "live=" not in ports.stdout + ports.stderr and "api=" not in ports.stdout + ports.stderr
+
+
+@pytest.mark.parametrize("cut", [15, 20, 300])
+def test_a_truncated_score_says_it_is_truncated_or_damaged(score, tmp_path, cut):
+    bad = tmp_path / "cut.mid"
+    bad.write_bytes(score.read_bytes()[:cut])
+    result = run("inspect", str(bad))
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"Error: {bad}: not a readable MIDI file (")
+    assert "truncated" in result.stderr or "damaged" in result.stderr
+    assert "unpack" not in result.stderr and "buffer" not in result.stderr
+
+
+def test_markers_quote_layer_names_that_read_as_numbers():
+    from gradmidi.score import Event
+
+    assert Event(12, "spike", ("0", "2", "4"), 2.923).label() == "spike '0', '2', '4' (2.923) @ step 12"
+    assert Event(11, "nan", ("fc1", "features.0")).label() == "nan fc1, features.0 @ step 11"
+    assert Event(3, "inf", ("a, b",)).label() == "inf 'a, b' @ step 3"
+
+
+CTRL_C_TRAINER = """
+import sys, time, torch, torch.nn as nn, gradmidi
+model = nn.Sequential(nn.Linear(4, 4))
+with gradmidi.Sonifier(model, sys.argv[1]) as son:
+    while True:
+        model.zero_grad(); model(torch.randn(2, 4)).sum().backward(); son.step()
+        print("step", flush=True)
+        time.sleep(0.1)  # Ctrl-C lands here, in the user's code, nearly always
+"""
+
+
+def test_ctrl_c_traceback_ends_in_the_users_code_and_the_score_is_marked_interrupted(tmp_path):
+    import signal
+
+    from reliabilitykit import child_env, default_signals
+
+    script = tmp_path / "train.py"
+    script.write_text(CTRL_C_TRAINER)
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "run.mid")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL, env=child_env(),
+                            preexec_fn=default_signals)
+    try:
+        for _ in range(5):
+            proc.stdout.readline()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    frames = [line for line in err.splitlines() if line.strip().startswith("File ")]
+    assert err.rstrip().endswith("KeyboardInterrupt")
+    assert frames and "gradmidi" not in frames[-1], err
+    assert gradmidi.read_score(tmp_path / "run.mid").markers[-1][1] == "interrupted"
