@@ -338,3 +338,31 @@ def test_ctrl_c_traceback_ends_in_the_users_code_and_the_score_is_marked_interru
     assert err.rstrip().endswith("KeyboardInterrupt")
     assert frames and "gradmidi" not in frames[-1], err
     assert gradmidi.read_score(tmp_path / "run.mid").markers[-1][1] == "interrupted"
+
+
+def test_report_shows_epochs_markers_and_range_changes_under_the_files_name(tmp_path):
+    import html as html_lib
+
+    from gradmidi.report import build_report
+
+    model = small_model()
+    path = tmp_path / "lr-sweep.mid"
+    with gradmidi.Sonifier(model, path, adaptive=True, adaptive_warmup=10, adaptive_every=20) as son:
+        for _ in range(3):
+            train(son, model, 15)
+            son.epoch()
+        son.marker("lr decay")
+    score = gradmidi.read_score(path)
+    assert len(score.ranges) > 1  # the adaptive range did change
+    page = html_lib.unescape(build_report([path], tmp_path / "report", audio=False).read_text())
+    assert "<h2>lr-sweep.mid (Sequential)</h2>" in page
+    for text in ("epoch 1", "epoch 2", "epoch 3", "lr decay", "span the register"):
+        assert text in page, text
+
+
+def test_every_sonifier_option_is_in_the_readme():
+    import inspect
+
+    readme = (REPO / "README.md").read_text()
+    options = list(inspect.signature(gradmidi.Sonifier).parameters)[2:]  # after model, path
+    assert [name for name in options if f"`{name}`" not in readme] == []
