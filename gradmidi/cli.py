@@ -531,7 +531,12 @@ def sonify(source, out, tags, like, scale, key, norm_range, adaptive, bpm, durat
     if loss is not None:
         click.echo(f"note: {loss} is the loss: its jumps sound as loss spikes", err=True)
     voices = len(series.values) - (loss is not None)
-    click.echo(f"{out}: {steps_written} steps, {voices} series from {source}", err=True)
+    click.echo(f"{out}: {_count(steps_written, 'step')}, {_count(voices, 'series', 'series')} from {source}",
+               err=True)
+
+
+def _count(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else many or one + 's'}"
 
 
 # The library's advice on live output, as play, listen and ports spell it.

@@ -9,16 +9,18 @@ default the tags that look like gradient norms are the voices: Lightning's ``gra
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import fnmatch
 import json
 import math
 import os
 import re
+from collections.abc import Iterator, Sequence
 from collections.abc import Mapping as MappingABC
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
@@ -132,35 +134,62 @@ def _column(header: list[str], choices: tuple[str, ...], path: Path) -> int:
 
 def _read_csv(path: Path) -> Series:
     series, last = Series(), dict[str, int]()
-    with open(path, newline="") as f:
-        rows = csv.reader(f)
+    with _open_text(path) as f:
+        first = f.readline()
+        f.seek(0)
+        rows = csv.reader(f, delimiter=max(",;\t", key=first.count))  # spreadsheets may save with ';' or tabs
         header = next(rows, [])
         step_i = _column(header, ("step",), path)
         name_i, value_i = _column(header, NAME_COLUMNS, path), _column(header, VALUE_COLUMNS, path)
-        for line, row in enumerate(rows, start=2):
-            if not row:
-                continue
-            try:
-                series.add(row[name_i], int(float(row[step_i])), float(row[value_i]), last)
-            except (ValueError, IndexError, OverflowError):
-                shown = ",".join(row).replace("\r", "\\r").replace("\n", "\\n")[:200]  # quoted fields hold newlines
-                raise GradmidiError(f"{path}:{line}: not a step, name, value row: {shown}") from None
+        try:
+            for line, row in enumerate(rows, start=2):
+                if not row:
+                    continue
+                try:
+                    series.add(row[name_i], int(float(row[step_i])), float(row[value_i]), last)
+                except (ValueError, IndexError, OverflowError):
+                    shown = ",".join(row).replace("\r", "\\r").replace("\n", "\\n")[:200]  # quoted fields hold newlines
+                    raise GradmidiError(f"{path}:{line}: not a step, name, value row: {shown}") from None
+        except UnicodeDecodeError as exc:
+            raise _not_utf8(path, exc) from None
     return series
+
+
+@contextlib.contextmanager
+def _open_text(path: Path) -> Iterator[TextIO]:
+    """A log as UTF-8 text (a byte-order mark, as spreadsheets write, skipped); one line if it is not."""
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        try:
+            f.readline()
+            f.seek(0)
+        except UnicodeDecodeError as exc:
+            raise _not_utf8(path, exc) from None
+        yield f
+
+
+def _not_utf8(path: Path, exc: UnicodeDecodeError) -> GradmidiError:
+    return GradmidiError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                         "save the log as UTF-8")
 
 
 def _read_jsonl(path: Path) -> Series:
     series, last = Series(), dict[str, int]()
-    with open(path) as f:
-        for line, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
-            try:
-                record = json.loads(text)
-                name = next(record[k] for k in NAME_COLUMNS if k in record)
-                value = next(record[k] for k in VALUE_COLUMNS if k in record)
-                series.add(str(name), int(record["step"]), float(value), last)
-            except (ValueError, KeyError, StopIteration, TypeError, OverflowError):
-                raise GradmidiError(f"{path}:{line}: not a {{step, name, value}} record") from None
+    with _open_text(path) as f:
+        try:
+            for line, text in enumerate(f, start=1):
+                if not text.strip():
+                    continue
+                try:
+                    record = json.loads(text)
+                    name = next(record[k] for k in NAME_COLUMNS if k in record)
+                    value = next(record[k] for k in VALUE_COLUMNS if k in record)
+                    series.add(str(name), int(record["step"]), float(value), last)
+                except (ValueError, KeyError, StopIteration, TypeError, OverflowError) as exc:
+                    if isinstance(exc, UnicodeDecodeError):
+                        raise
+                    raise GradmidiError(f"{path}:{line}: not a {{step, name, value}} record") from None
+        except UnicodeDecodeError as exc:
+            raise _not_utf8(path, exc) from None
     return series
 
 

@@ -109,8 +109,11 @@ def load_tracks(path: str | os.PathLike) -> tuple[list[list[tuple[int, bytes]]],
         raise GradmidiError(f"{path}: no such file")
     if path.is_dir():
         raise GradmidiError(f"{path}: is a folder, not a MIDI file")
+    data = path.read_bytes()
+    if not data:
+        raise GradmidiError(f"{path}: an empty file, not a MIDI file (a run that never wrote its score?)")
     try:
-        _, division, tracks = read_smf(path.read_bytes())
+        _, division, tracks = read_smf(data)
     except SMFError as exc:
         raise GradmidiError(f"{path}: not a readable MIDI file ({exc})") from None
     except (IndexError, KeyError, struct.error):  # the parser ran off the end of the bytes, or met garbage

@@ -138,6 +138,8 @@ class Sonifier:
         rank_zero_only: bool = True,
     ) -> None:
         _check_options(locals())
+        if path is not None and not isinstance(path, (str, os.PathLike)):
+            raise GradmidiError(f"path must be a .mid file name (a str or os.PathLike) or None, not {path!r}")
         given = Mapping(scale=scale, key=key, low_note=low_note, high_note=high_note, norm_range=norm_range,
                         velocity=velocity, adaptive=adaptive, adaptive_warmup=adaptive_warmup,
                         adaptive_every=adaptive_every, adaptive_quantiles=adaptive_quantiles)
@@ -168,6 +170,9 @@ class Sonifier:
         model = unwrap(model)
         self._model, self._include_frozen = model, include_frozen
         layers = discover_layers(model, include_frozen=include_frozen)
+        if not layers and not include_frozen and any(True for _ in model.parameters()):
+            raise GradmidiError("every parameter of the model is frozen (requires_grad=False): nothing will have a "
+                                "gradient to hear; pass include_frozen=True to sound frozen layers anyway")
         table, assignment = plan_voices(
             [(layer.name, layer.class_name) for layer in layers],
             voices=voices, programs=programs, max_voices=max_voices,
@@ -192,6 +197,7 @@ class Sonifier:
         self._epochs = 0
         self._closed = False
         self._warned_closed = False
+        self._heard_any = False  # the first step sounded has been looked at (for a missing backward)
         self.server: Sink | None = None
         self._session: ScoreSession | None = None
         if not self.sounding:
@@ -380,6 +386,12 @@ class CapturedStep:
     def record(self) -> StepRecord:
         """The step's host values (waits for the copies: the session's worker thread calls this)."""
         norms, present, loss = self._pending.result()
+        if not self._son._heard_any:  # the first step: a call before backward() would leave the score silent
+            self._son._heard_any = True
+            if not present.any():
+                warnings.warn(f"gradmidi: no layer had a gradient at step {self.step}, so it is silent: call "
+                              "son.step() after loss.backward() (and before optimizer.zero_grad())", UserWarning,
+                              stacklevel=1)
         skipped = self._scaling and not bool(np.all(np.isfinite(norms[present])))
         return StepRecord(self.step, norms, present, loss, skipped)
 

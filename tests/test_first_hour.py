@@ -366,3 +366,105 @@ def test_every_sonifier_option_is_in_the_readme():
     readme = (REPO / "README.md").read_text()
     options = list(inspect.signature(gradmidi.Sonifier).parameters)[2:]  # after model, path
     assert [name for name in options if f"`{name}`" not in readme] == []
+
+
+# -- the next stumbles, found the same way ----------------------------------------------------------
+@pytest.mark.parametrize("content", [
+    b"\xef\xbb\xbfstep,name,value\n0,fc,0.5\n1,fc,0.6\n",  # a spreadsheet's UTF-8 with a byte-order mark
+    b"step;name;value\n0;fc;0.5\n1;fc;0.6\n",  # a spreadsheet's ';'
+    b"step\tname\tvalue\n0\tfc\t0.5\n1\tfc\t0.6\n",  # tabs
+], ids=["bom", "semicolons", "tabs"])
+def test_sonify_reads_csv_as_spreadsheets_save_it(tmp_path, content):
+    log = tmp_path / "log.csv"
+    log.write_bytes(content)
+    result = run("sonify", str(log), "-o", str(tmp_path / "run.mid"))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip().endswith("run.mid: 2 steps, 1 series from " + str(log))
+    assert [v.name for v in gradmidi.read_score(tmp_path / "run.mid").header.voices] == ["fc"]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_sonify_of_a_log_that_is_not_utf8_is_one_line(tmp_path, suffix):
+    log = tmp_path / f"log{suffix}"
+    latin1 = b"step,name,value\n0,f\xe9,0.5\n" if suffix == ".csv" else b'{"step": 0, "name": "f\xe9", "value": 1}\n'
+    log.write_bytes(latin1)
+    result = run("sonify", str(log), "-o", str(tmp_path / "run.mid"))
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"Error: {log}: not UTF-8 text (byte 0xe9 at offset")
+    assert "Traceback" not in result.stderr
+
+
+def test_sonify_of_a_file_it_cannot_read_names_what_it_reads(tmp_path):
+    log = tmp_path / "metrics.json"
+    log.write_text('{"step": 0}')
+    result = run("sonify", str(log), "-o", str(tmp_path / "run.mid"))
+    assert result.returncode == 1
+    assert result.stderr.strip() == (f"Error: {log}: sonify reads a TensorBoard log folder or event file "
+                                     "(*tfevents*), a .csv or a .jsonl, not a .json file")
+
+
+def test_an_empty_score_file_says_it_is_empty(tmp_path):
+    empty = tmp_path / "run.mid"
+    empty.touch()
+    result = run("inspect", str(empty))
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"Error: {empty}: an empty file, not a MIDI file")
+
+
+def test_a_fully_frozen_model_points_to_include_frozen():
+    model = small_model().requires_grad_(False)
+    with pytest.raises(gradmidi.GradmidiError, match=r"every parameter of the model is frozen.*include_frozen=True"):
+        gradmidi.Sonifier(model, None)
+
+
+def test_step_before_backward_is_warned_once(tmp_path):
+    model = small_model()
+    with pytest.warns(UserWarning, match=r"no layer had a gradient at step 0.*after loss.backward\(\)") as caught:
+        with gradmidi.Sonifier(model, tmp_path / "run.mid") as son:
+            for _ in range(5):
+                son.step()
+    assert len([w for w in caught if "no layer had a gradient" in str(w.message)]) == 1
+
+
+def test_a_gradient_on_the_first_step_warns_nothing(tmp_path):
+    model = small_model()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with gradmidi.Sonifier(model, tmp_path / "run.mid") as son:
+            train(son, model, 3)
+
+
+@pytest.mark.parametrize("loss, message", [
+    (torch.ones(4), r"loss= must be the step's one loss value, not a tensor of shape \(4,\)"),
+    ("abc", r"loss= must be a number or a one-element tensor, not 'abc'"),
+])
+def test_a_loss_that_is_not_one_number_is_refused(tmp_path, loss, message):
+    model = small_model()
+    with gradmidi.Sonifier(model, tmp_path / "run.mid") as son:
+        model(torch.randn(2, 6)).sum().backward()
+        with pytest.raises(gradmidi.GradmidiError, match=message):
+            son.step(loss=loss)
+        son.step(loss=torch.tensor([0.5]))  # one element, any shape: fine
+    assert gradmidi.read_score(tmp_path / "run.mid").summary()["steps"] == 1
+
+
+def test_a_path_that_is_not_a_file_name_is_one_line():
+    with pytest.raises(gradmidi.GradmidiError, match=r"^path must be a \.mid file name .* not 5$"):
+        gradmidi.Sonifier(small_model(), 5)
+
+
+def test_layer_names_beyond_latin1_survive_into_the_score_and_its_markers(tmp_path):
+    model = nn.ModuleDict({"编码器": nn.Linear(3, 3), "dé coder": nn.Linear(3, 3)})
+    path = tmp_path / "run.mid"
+    with gradmidi.Sonifier(model, path) as son:
+        for step in range(12):
+            model.zero_grad()
+            scale = 1e4 if step == 10 else 1.0
+            (model["编码器"](torch.randn(2, 3)).sum() * scale + model["dé coder"](torch.randn(2, 3)).sum()).backward()
+            son.step()
+    score = gradmidi.read_score(path)
+    assert [v.name for v in score.header.voices] == ["编码器", "dé coder"]
+    assert any(text.startswith("spike") for _, text in score.markers)
+    result = run("inspect", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "编码器" in result.stdout
