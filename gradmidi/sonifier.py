@@ -60,7 +60,8 @@ class Sonifier:
             the run's own norms after a warm-up (each change is recorded in the score).
         mapping: a ready ``gradmidi.Mapping`` instead of the options above.
 
-        bpm: the tempo; a slot (one step, or ``every`` steps) is ``slot_beats`` of a beat.
+        bpm: the tempo (unset: 120, the Clock's); a slot (one step, or ``every`` steps) is
+            ``slot_beats`` of a beat.
         every: steps per slot, aggregated by ``aggregate``.
         arpeggio: spread a slot's voices across it instead of sounding them together.
         gate: the share of a slot a note sounds.
