@@ -292,7 +292,11 @@ def _write_atomic(out: Path, audio: np.ndarray, rate: int, fmt: tuple[str, str])
 
 
 def _umask() -> int:
-    """The process's umask (reading it means setting it: put it straight back)."""
+    """The process's umask: from /proc where there is one (reading it elsewhere means setting it,
+    for a moment in which another thread's new file would get the wrong mode)."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        with open("/proc/self/status") as status:
+            return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
     mask = os.umask(0o022)
     os.umask(mask)
     return mask

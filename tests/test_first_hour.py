@@ -75,6 +75,15 @@ def test_rendered_audio_is_readable_by_others_as_the_umask_allows(score, tmp_pat
     assert mode(tmp_path / "report" / "run.ogg") == mode(tmp_path / "report" / "index.html")
 
 
+def test_rendered_audio_follows_a_stricter_umask_too(score, tmp_path):
+    old = os.umask(0o027)
+    try:
+        gradmidi.render(score, tmp_path / "run.ogg")
+    finally:
+        os.umask(old)
+    assert mode(tmp_path / "run.ogg") == 0o640
+
+
 @pytest.mark.parametrize("command", [["decode", "{score}"], ["programs"], ["inspect", "{score}"]])
 def test_a_closed_pipe_ends_the_command_quietly(score, command):
     args = " ".join(a.format(score=score) for a in command)
