@@ -477,3 +477,11 @@ def test_layer_names_beyond_latin1_survive_into_the_score_and_its_markers(tmp_pa
     result = run("inspect", str(path))
     assert result.returncode == 0, result.stderr
     assert "编码器" in result.stdout
+
+
+def test_gradmidi_render_stays_the_function_after_its_module_is_imported(score, tmp_path):
+    code = (f"import gradmidi, gradmidi.report; r = gradmidi.render({str(score)!r}, {str(tmp_path / 'x.wav')!r}); "
+            "print(r.path.name)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "x.wav"
