@@ -14,11 +14,14 @@ from .events import EventKind, SpikeSettings  # noqa: E402
 from .events import register as register_event_kind  # noqa: E402
 from .instruments import GM_PROGRAMS  # noqa: E402
 from .mapping import SCALES, Mapping  # noqa: E402
+
+# Eager, not lazy: importing the submodule gradmidi.render (audio=, a report, a user's import) would
+# otherwise set the package's 'render' to the module, and gradmidi.render(...) would stop working.
+from .render import render  # noqa: E402
 from .scorefile import ScoreFile, read_score  # noqa: E402
 from .sinks.base import Sink  # noqa: E402
 
-if TYPE_CHECKING:  # type checkers and editors see them; at run time they load on first use
-    from .render import render
+if TYPE_CHECKING:  # type checkers and editors see it; at run time it loads on first use
     from .sonifier import Sonifier
 
 
@@ -28,10 +31,6 @@ def __getattr__(name):
         from .sonifier import Sonifier
 
         return Sonifier
-    if name == "render":
-        from .render import render
-
-        return render
     raise AttributeError(f"module 'gradmidi' has no attribute {name!r}")
 
 

@@ -81,6 +81,22 @@ def discover_layers(model: torch.nn.Module, include_frozen: bool = False) -> lis
     return [layer for layer in model_layers(model) if include_frozen or layer.trainable]
 
 
+def _loss_parts(loss: Any) -> tuple[torch.Tensor | None, float | None]:
+    """(device loss, host loss): one number either way (shape and type are host metadata: no sync)."""
+    if loss is None:
+        return None, None
+    if isinstance(loss, torch.Tensor):
+        if loss.numel() != 1:
+            raise GradmidiError(f"loss= must be the step's one loss value, not a tensor of shape {tuple(loss.shape)} "
+                                "(reduce it first, e.g. loss.mean())")
+        return loss.detach(), None
+    try:
+        return None, float(loss)
+    except (TypeError, ValueError):
+        shown = repr(loss)
+        raise GradmidiError(f"loss= must be a number or a one-element tensor, not {shown[:60]}") from None
+
+
 class PendingNorms:
     """Host-side handle to one step's norms; ``result`` waits only on the gradmidi thread."""
 
@@ -161,6 +177,7 @@ class NormCapture:
 
         ``only``: ids of the parameters to include (one optimizer's), the rest count as absent.
         """
+        loss_tensor, host_loss = _loss_parts(loss)  # a wrong loss is refused before anything is launched
         all_grads = [p.grad for p in self._params]
         positions: Sequence[int]
         if only is None and not any(map(operator.is_, all_grads, repeat(None))):
@@ -181,8 +198,6 @@ class NormCapture:
                 self._plans.clear()
             plan = self._plans[key] = self._plan(grads, list(positions))
 
-        loss_tensor = loss.detach() if isinstance(loss, torch.Tensor) else None
-        host_loss = float(loss) if loss is not None and loss_tensor is None else None
         loss_device = loss_tensor.device if loss_tensor is not None else None
         if self._sharding is not None:
             return self._launch_sharded(self._sharding, plan, grads, present, loss_tensor, host_loss)

@@ -5,9 +5,13 @@ Every user mistake ends as one line on stderr and a non-zero exit, never a trace
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import os
+import re
 import sys
+from collections.abc import Iterator
 from dataclasses import fields as dataclasses_fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,9 +36,21 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except GradmidiError as exc:
             raise click.ClickException(_one_line(str(exc))) from None
+        except BrokenPipeError:
+            _reader_gone()
         except OSError as exc:
             where = f"{exc.filename}: " if exc.filename else ""
             raise click.ClickException(_one_line(f"{where}{exc.strerror or exc}")) from None
+
+
+def _reader_gone() -> None:
+    """The reader of our output left (``gradmidi decode run.mid | head``): stop quietly, as a
+    command killed by SIGPIPE does (status 141), with no error and no shutdown noise."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush goes nowhere
+    except (OSError, ValueError):
+        pass
+    sys.exit(128 + 13)
 
 
 def _one_line(message: str) -> str:
@@ -52,12 +68,13 @@ def _console(quiet: bool = False) -> Console:
     from rich.console import Console
 
     console = Console(stderr=False, quiet=quiet, highlight=False)
+    console.on_broken_pipe = _reader_gone  # type: ignore[method-assign]  # rich's own says exit 1
     if not console.is_terminal:
         console.width = 160  # piped or logged: do not squeeze tables into 80 columns
     return console
 
 
-@cli.command()
+@cli.command(short_help="Train the seed experiment and write its five scores.")
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("gradmidi-demo"), show_default=True, help="Folder for the .mid files.")
 @click.option("--steps", type=click.IntRange(1, 100_000), default=200, show_default=True,
@@ -69,8 +86,8 @@ def _console(quiet: bool = False) -> Console:
 @click.option("--seed", type=int, default=1, show_default=True,
               help="Training seed. Batch-256 divergence is chaotic: about half of seeds overflow to NaN, "
                    "the rest explode and die.")
-@click.option("--scale", default="minor_pentatonic", show_default=True)
-@click.option("--key", default="A", show_default=True)
+@click.option("--scale", default="minor_pentatonic", show_default=True, help="Scale (see gradmidi programs).")
+@click.option("--key", default="A", show_default=True, help="Key: a note name such as C, F#, Bb.")
 @click.option("--audio/--no-audio", default=True, show_default=True,
               help="Render each score to .wav with FluidSynth and gradmidi's own SoundFont.")
 @click.option("--report/--no-report", default=True, show_default=True,
@@ -167,7 +184,7 @@ def _summary_table(results: list[Result]) -> Table:
     return table
 
 
-@cli.command()
+@cli.command(short_help="A score's voices, programs, steps and events (--json).")
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def inspect(file: Path, as_json: bool) -> None:
@@ -210,7 +227,7 @@ def _say_changes(console: Console, changes: list[str] | tuple[str, ...]) -> None
         console.print(f"changed: {change}", markup=False)
 
 
-@cli.command()
+@cli.command(short_help="A score back to step, voice, norm (CSV).")
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="CSV to write (columns step, voice, norm); default: standard output.")
@@ -229,13 +246,13 @@ def decode(file: Path, out: Path | None) -> None:
         return
     if out.exists() and out.resolve() == Path(file).resolve():
         raise GradmidiError(f"{out}: refusing to overwrite the score being decoded")
-    if out.suffix.lower() in (".mid", ".midi"):
-        raise GradmidiError(f"{out}: decode writes CSV; refusing to write it over a .mid name")
+    if out.suffix.lower() not in (".csv", ".txt", ""):
+        raise GradmidiError(f"-o {out}: decode writes CSV: name it .csv")
     rows = score.write_csv(out)
     click.echo(f"{rows} norms written to {out}", err=True)
 
 
-@cli.command()
+@cli.command(short_help="A score to audio (WAV, FLAC, OGG) through FluidSynth.")
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Audio file: .wav, .flac or .ogg (default: FILE with .wav).")
@@ -280,9 +297,9 @@ def render(file: Path, out: Path | None, soundfont: Path | None, rate: int, loud
         console.print(f"{result.path}: {result.seconds:.1f} s, {level}, font {result.soundfont.name}")
 
 
-@cli.command()
+@cli.command(short_help="The General MIDI SoundFonts installed on this machine.")
 @click.option("--all", "show_all", is_flag=True, help="Also list fonts that are not complete General MIDI sets.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the fonts as JSON.")
 def fonts(show_all: bool, as_json: bool) -> None:
     """List the General MIDI SoundFonts installed on this machine, and the one in use."""
     from .fonts import ENV_VAR, font_info, resolve_soundfont, system_fonts
@@ -304,29 +321,30 @@ def fonts(show_all: bool, as_json: bool) -> None:
         click.echo(f"{f.path}  {f.name}  {f.size / 1e6:.1f} MB  {kind}, {f.drum_kits} drum kit(s)")
 
 
-@cli.command()
+@cli.command(short_help="The MIDI output ports (--api UNIX_JACK, ...).")
 @click.option("--api", default=None, help="MIDI API: LINUX_ALSA, UNIX_JACK, MACOSX_CORE, WINDOWS_MM "
               "(default: $MIDO_BACKEND's, else the platform's).")
 def ports(api: str | None) -> None:
     """List the MIDI output ports live playback can use."""
     from .outputs import list_output_ports
 
-    names = list_output_ports(api)
+    with _in_flags(LIVE_FLAGS):
+        names = list_output_ports(api)
     if not names:
-        click.echo("no MIDI output ports: start a synth or DAW, or use a virtual port (live='virtual') "
-                   "or the in-process synth (live='synth')")
+        click.echo("no MIDI output ports: start a synth or DAW, or play through the in-process synth "
+                   "(gradmidi play FILE --synth)")
     for name in names:
         click.echo(name)
 
 
-@cli.command()
+@cli.command(short_help="A score live, to a MIDI port or the in-process synth.")
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--port", default=None, help="Output port name (or part of one).")
 @click.option("--synth", is_flag=True, help="Play through FluidSynth in this process.")
 @click.option("--driver", default=None, help="Audio driver for --synth (pulseaudio, pipewire, alsa, jack, ...).")
 @click.option("--soundfont", type=click.Path(path_type=Path), default=None, help="SoundFont for --synth.")
 @click.option("--api", default=None, help="MIDI API for --port (see 'gradmidi ports').")
-@click.option("-q", "--quiet", is_flag=True)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 def play(file: Path, port: str | None, synth: bool, driver: str | None, soundfont: Path | None, api: str | None,
          quiet: bool) -> None:
     """Play a saved score (or any MIDI file) live, to a MIDI port or the in-process synth."""
@@ -337,7 +355,8 @@ def play(file: Path, port: str | None, synth: bool, driver: str | None, soundfon
     if bool(port) == bool(synth):
         raise GradmidiError("choose one of --port NAME or --synth")
     timeline = read_timeline(file)  # a bad file is refused before any port or synth opens
-    output = open_output(f"synth:{driver or ''}" if synth else f"port:{port}", api, soundfont)
+    with _in_flags(LIVE_FLAGS):
+        output = open_output(f"synth:{driver or ''}" if synth else f"port:{port}", api, soundfont)
     console = _console(quiet)
     _say_changes(console, timeline.changes)
     from rich.progress import BarColumn, Progress, TextColumn
@@ -352,7 +371,7 @@ def play(file: Path, port: str | None, synth: bool, driver: str | None, soundfon
         console.print(f"played {file} ({seconds:.1f} s) on {output.name}")
 
 
-@cli.command()
+@cli.command(short_help="A run served elsewhere (serve=), live and/or saved (--save).")
 @click.argument("address", metavar="HOST:PORT")
 @click.option("--port", default=None, help="Output port name (or part of one).")
 @click.option("--synth", is_flag=True, help="Play through FluidSynth in this process.")
@@ -365,7 +384,7 @@ def play(file: Path, port: str | None, synth: bool, driver: str | None, soundfon
               help="The token a server bound beyond loopback printed at start (or $GRADMIDI_TOKEN).")
 @click.option("--latency", type=click.FloatRange(0.05, 10), default=0.5, show_default=True,
               help="Most seconds of backlog played; more is merged (as live= does).")
-@click.option("-q", "--quiet", is_flag=True)
+@click.option("-q", "--quiet", is_flag=True, help="Say nothing on the terminal (connections, saved files).")
 def listen(address: str, port: str | None, synth: bool, driver: str | None, soundfont: Path | None, api: str | None,
            save: Path | None, token: str | None, latency: float, quiet: bool) -> None:
     """Play a run served elsewhere (Sonifier(..., serve="HOST:PORT")) live; reconnects when it drops."""
@@ -383,14 +402,15 @@ def listen(address: str, port: str | None, synth: bool, driver: str | None, soun
     listener = Listener(address, open_output=(lambda: open_output(spec, api, soundfont)) if spec else None,
                         save=save, token=token, max_latency=latency, say=say)
     try:
-        listener.run()
+        with _in_flags(LIVE_FLAGS):
+            listener.run()
     except KeyboardInterrupt:
         say("stopped")
     for path in listener.saved:
         say(f"saved {path}")
 
 
-@cli.command()
+@cli.command(short_help="A score as a picture (PNG, SVG, PDF).")
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Image to write: .png, .svg or .pdf (default: FILE with .png).")
@@ -405,14 +425,15 @@ def plot(file: Path, out: Path | None, max_points: int) -> None:
     click.echo(f"{out}: {len(result.voice_labels)} voices, {len(result.events)} events", err=True)
 
 
-@cli.command()
+@cli.command(short_help="An HTML page comparing runs: plots, audio, voices, events.")
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), default=Path("gradmidi-report"),
               show_default=True, help="Folder for index.html, plots and audio.")
 @click.option("--audio/--no-audio", default=True, show_default=True, help="Render each run to .ogg for the page.")
-@click.option("--soundfont", type=click.Path(path_type=Path), default=None)
-@click.option("--title", default="gradmidi report", show_default=True)
-@click.option("-q", "--quiet", is_flag=True)
+@click.option("--soundfont", type=click.Path(path_type=Path), default=None,
+              help="SoundFont for the audio (default: $GRADMIDI_SOUNDFONT, else gradmidi's own).")
+@click.option("--title", default="gradmidi report", show_default=True, help="The page's title.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress; print only the page's path.")
 def report(files: tuple[Path, ...], out: Path, audio: bool, soundfont: Path | None, title: str, quiet: bool) -> None:
     """A static HTML page comparing runs: plot, audio, events and voices for each."""
     from .report import build_report
@@ -436,33 +457,55 @@ class _nothing:
         return False
 
 
-@cli.command()
+@cli.command(short_help="A finished run's logs (TensorBoard, CSV, JSONL) into a score.")
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Score to write.")
 @click.option("--tags", multiple=True, metavar="PATTERN",
-              help="Glob over tag/name (repeatable); default: TensorBoard tags that look like gradient norms.")
+              help="Glob over tag/name (repeatable); default: TensorBoard tags that look like gradient norms, "
+                   "and the loss.")
 @click.option("--like", type=click.Path(path_type=Path), default=None,
               help="Take the mapping, tempo, every, aggregate and spike settings from this score.")
 @click.option("--scale", default=None, help="Scale (default: minor_pentatonic, or --like's).")
 @click.option("--key", default=None, help="Key (default: A, or --like's).")
+@click.option("--norm-range", type=(float, float), default=None, metavar="LOW HIGH",
+              help="Norms at the bottom and top of the register (default: 1e-4 1e2, or --like's).")
+@click.option("--adaptive/--fixed", default=None,
+              help="Re-centre the range on the run's own norms after a warm-up (default: fixed, or --like's).")
 @click.option("--bpm", type=click.FloatRange(20, 1200), default=None, help="Tempo (default: 120, or --like's).")
+@click.option("--duration", type=click.FloatRange(0, 1e9, min_open=True), default=None, metavar="SECONDS",
+              help="Fit the whole log into about this many seconds (sets the tempo; not with --bpm).")
 @click.option("--every", type=click.IntRange(1, 1_000_000), default=None,
               help="Steps per slot, for long logs (default: 1, or --like's).")
 @click.option("--aggregate", type=click.Choice(["max", "rms", "last"]), default=None,
               help="How a slot's steps combine (default: max, or --like's).")
+@click.option("--voices", "voice_patterns", multiple=True, metavar="PATTERN",
+              help="A voice of the series matching this glob (repeatable); default: one per series, "
+                   "grouped past 15.")
+@click.option("--programs", "program_specs", multiple=True, metavar="PATTERN=PROGRAM",
+              help="GM program (name or 0-127) for voices or series matching PATTERN (repeatable, or "
+                   "comma-separated): 'fc*=Violin,conv1=12'. An exact name beats a pattern.")
 @click.option("--spikes", default=None, metavar="NAME=VALUE,...",
               help="Spike detection settings, as gradmidi.SpikeSettings fields: z=3,warmup=4.")
-def sonify(source, out, tags, like, scale, key, bpm, every, aggregate, spikes) -> None:
-    """Turn a finished run's logs (TensorBoard, CSV or JSONL of step, name, value) into a score."""
+def sonify(source, out, tags, like, scale, key, norm_range, adaptive, bpm, duration, every, aggregate,
+           voice_patterns, program_specs, spikes) -> None:
+    """Turn a finished run's logs (TensorBoard, CSV or JSONL of step, name, value) into a score.
+
+    A series named loss (or .../loss, train_loss) is the run's loss: its jumps are loss spikes."""
     import dataclasses
 
-    from .clock import Clock
+    from .clock import MAX_BPM, Clock
     from .events import SpikeSettings
     from .mapping import Mapping
     from .replay import read_series, sonify_series
+    from .sinks.midifile import score_name_problem
 
+    problem = score_name_problem(out)
+    if problem:
+        raise GradmidiError(f"-o {out}: {problem} (or render it: gradmidi render)")
     if out.exists() and out.resolve() == source.resolve():
         raise GradmidiError(f"{out}: refusing to write the score over its source")
+    if duration is not None and bpm is not None:
+        raise GradmidiError(f"--bpm {bpm:g} and --duration {duration:g} both set the tempo: give one of them")
     mapping, clock, settings, how = Mapping(), Clock(), SpikeSettings(), "max"
     if like is not None:
         from .scorefile import read_score
@@ -477,16 +520,71 @@ def sonify(source, out, tags, like, scale, key, bpm, every, aggregate, spikes) -
             known = {f.name for f in dataclasses_fields(SpikeSettings)}
             values: dict[str, Any] = {k: float(v) if isinstance(v, str) else v for k, v in stored.items() if k in known}
             settings = SpikeSettings(**values)
-    mapping = dataclasses.replace(mapping, **{k: v for k, v in (("scale", scale), ("key", key)) if v is not None})
+    given = {"scale": scale, "key": key, "norm_range": norm_range, "adaptive": adaptive}
+    with _in_flags(SONIFY_FLAGS):
+        mapping = dataclasses.replace(mapping, **{k: v for k, v in given.items() if v is not None})
     clock = dataclasses.replace(clock, **{k: v for k, v in (("bpm", bpm), ("every", every)) if v is not None})
+    programs = _pairs_text(program_specs, "--programs", "PATTERN=PROGRAM")
     if spikes:
         settings = dataclasses.replace(settings, **_settings_text(spikes, SpikeSettings))
     series = read_series(source, list(tags) or None)
-    steps = sonify_series(series, out, title=source.name, mapping=mapping, clock=clock, aggregate=aggregate or how,
-                          spikes=settings)
+    if duration is not None:
+        steps = sorted({s for values in series.values.values() for s in values})
+        fitted = Clock.for_duration(duration, len(steps), slot_beats=clock.slot_beats, every=clock.every,
+                                    arpeggio=clock.arpeggio, gate=clock.gate)
+        if every is not None and fitted.every != every:
+            click.echo(f"note: --every {every} raised to {fitted.every} to fit {len(steps)} steps into "
+                       f"--duration {duration:g} (at most {MAX_BPM:g} bpm)", err=True)
+        clock = fitted
+    loss = series.loss_name()
+    with _in_flags(SONIFY_FLAGS):
+        steps_written = sonify_series(series, out, title=source.name, mapping=mapping, clock=clock,
+                                      aggregate=aggregate or how, spikes=settings,
+                                      voices=list(voice_patterns) or None, programs=programs or None)
     for note in series.notes():
         click.echo(f"note: {note}", err=True)
-    click.echo(f"{out}: {steps} steps, {len(series.values)} voices from {source}", err=True)
+    if loss is not None:
+        click.echo(f"note: {loss} is the loss: its jumps sound as loss spikes", err=True)
+    voices = len(series.values) - (loss is not None)
+    click.echo(f"{out}: {_count(steps_written, 'step')}, {_count(voices, 'series', 'series')} from {source}",
+               err=True)
+
+
+def _count(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else many or one + 's'}"
+
+
+# The library's advice on live output, as play, listen and ports spell it.
+LIVE_FLAGS = {"live='synth:DRIVER'": "--driver DRIVER", "live='synth'": "--synth", "api='UNIX_JACK'": "--api UNIX_JACK"}
+# The library's option names, as the sonify command spells them.
+SONIFY_FLAGS = {"norm_range": "--norm-range", "programs pattern": "--programs pattern",
+                "voice pattern": "--voices pattern"}
+
+
+@contextlib.contextmanager
+def _in_flags(flags: dict[str, str]) -> Iterator[None]:
+    """A library error names keyword arguments; on the command line it names the flags typed."""
+    try:
+        yield
+    except GradmidiError as exc:
+        message = str(exc)
+        for name, flag in flags.items():
+            message = re.sub(rf"(?<![\w-]){re.escape(name)}(?!\w)", flag, message)
+        raise GradmidiError(message) from None
+
+
+def _pairs_text(specs: tuple[str, ...], option: str, form: str) -> dict[str, str | int]:
+    """('fc*=Violin,conv1=12', ...) -> {'fc*': 'Violin', 'conv1': 12}; one-line errors naming the option."""
+    out: dict[str, str | int] = {}
+    for part in (p.strip() for spec in specs for p in spec.split(",")):
+        if not part:
+            continue
+        name, sep, value = part.rpartition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise GradmidiError(f"{option}: expected {form}, not {part!r}")
+        value = value.strip()
+        out[name.strip()] = int(value) if value.isdigit() else value
+    return out
 
 
 def _settings_text(text: str, kind) -> dict:
@@ -508,7 +606,7 @@ def _settings_text(text: str, kind) -> dict:
     return out
 
 
-@cli.command()
+@cli.command(short_help="GM programs, scales, layer families and event drums.")
 def programs() -> None:
     """List the General MIDI programs, scales, layer families and event drums."""
     from .events import DOWNBEAT_KEY, registered
@@ -532,6 +630,11 @@ def main() -> None:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+    finally:
+        try:
+            sys.stdout.flush()  # what is still buffered, while a closed pipe can still be told apart
+        except BrokenPipeError:
+            _reader_gone()
 
 
 if __name__ == "__main__":

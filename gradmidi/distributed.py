@@ -27,6 +27,8 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
     FSDP1 is refused: its flat parameters hide the layers' own gradients.
     """
+    if not isinstance(model, torch.nn.Module):
+        raise GradmidiError(f"model must be a torch.nn.Module (the model being trained), not {_short(model)}")
     if not torch.distributed.is_available():
         return model
     from torch.distributed.fsdp import FullyShardedDataParallel
@@ -101,3 +103,8 @@ def _fsdp_param_groups(model: torch.nn.Module) -> list:
                       "no-sync micro-steps will be sounded", RuntimeWarning, stacklevel=2)
         return []
     return groups
+
+
+def _short(value: object) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 60 else f"a {type(value).__name__}"

@@ -1,17 +1,22 @@
 """Scores close however the process ends: atexit, Ctrl-C (SIGINT) and SIGTERM.
 
-The handlers do no closing themselves (they may run while the training thread holds a
-queue's lock): they only mark every open score interrupted, then act as before. SIGINT's
-KeyboardInterrupt, or SIGTERM's SystemExit (exit status 143, where SIGTERM had its default
-action, which would skip atexit and leave the file up to a flush interval old), unwinds
-through ``with`` blocks, and atexit closes whatever is still open. A handler set before
-gradmidi's is called instead; an ignored SIGTERM stays ignored.
+Ctrl-C is Python's own: gradmidi sets no SIGINT handler, so a traceback ends where the user's
+code was, not in gradmidi. A score closed while a KeyboardInterrupt is being handled (by a
+``with`` block, an ``except``) or at exit after one (``sys.last_type``) is closed as
+interrupted (``interrupted_by_ctrl_c``).
+
+The SIGTERM handler does no closing itself (it may run while the training thread holds a
+queue's lock): it only marks every open score interrupted and raises SystemExit (exit status
+143, where SIGTERM had its default action, which would skip atexit and leave the file up to a
+flush interval old); that unwinds through ``with`` blocks, and atexit closes whatever is still
+open. A SIGTERM handler set before gradmidi's is called instead; an ignored SIGTERM stays ignored.
 """
 
 from __future__ import annotations
 
 import atexit
 import signal
+import sys
 import threading
 import weakref
 from typing import Protocol
@@ -41,14 +46,12 @@ def watch(obj: Closable) -> None:
     _hooks_installed = True
     atexit.register(_close_all)
     if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            previous = signal.getsignal(signum)
-            if previous == signal.SIG_IGN or previous is None:  # ignored, or set outside Python: leave it
-                continue
+        previous = signal.getsignal(signal.SIGTERM)
+        if previous != signal.SIG_IGN and previous is not None:  # ignored, or set outside Python: leave it
             try:
-                signal.signal(signum, _on_signal(previous))
+                signal.signal(signal.SIGTERM, _on_signal(previous))
             except ValueError:  # not the main interpreter thread after all
-                break
+                pass
 
 
 def forget(obj: Closable) -> None:
@@ -61,14 +64,20 @@ def exit_if_pending() -> None:
         raise SystemExit(_pending_exit)
 
 
+def interrupted_by_ctrl_c() -> bool:
+    """True while a KeyboardInterrupt is being handled, or at exit after one ended the program."""
+    if isinstance(sys.exc_info()[1], KeyboardInterrupt):
+        return True
+    last = getattr(sys, "last_type", None)
+    return _closing and isinstance(last, type) and issubclass(last, KeyboardInterrupt)
+
+
 def _on_signal(previous):
     def handler(signum, frame):
         for obj in list(_OPEN):
             obj.interrupt()
         if callable(previous):
             previous(signum, frame)
-        elif signum == signal.SIGINT:
-            signal.default_int_handler(signum, frame)
         elif _closing or any(obj.closed for obj in list(_OPEN)):
             global _pending_exit  # a close is under way: let it finish, then exit (exit_if_pending)
             _pending_exit = 128 + signum

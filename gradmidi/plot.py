@@ -45,37 +45,43 @@ def _thin(x: np.ndarray, y: np.ndarray, max_points: int) -> tuple[np.ndarray, np
     return x[keep], y[keep]
 
 
-def plot_score(score: ScoreFile, max_points: int = 2000, title: str | None = None) -> PlotResult:
-    try:
-        import matplotlib
+# tab20 holds each hue twice (dark, light): take every dark one before any light one, so up to
+# ten voices get ten distinct hues and two voices of one kind never look alike.
+_PALETTE_ORDER = [*range(0, 20, 2), *range(1, 20, 2)]
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+
+def plot_score(score: ScoreFile, max_points: int = 2000, title: str | None = None) -> PlotResult:
+    """Draws on a figure of its own (never pyplot's), so the caller's matplotlib backend is untouched."""
+    try:
+        from matplotlib import colormaps
+        from matplotlib.figure import Figure
     except ImportError:
         raise GradmidiError("plots need matplotlib: pip install 'gradmidi[plot]'") from None
     header = score.header
-    fig, (roll, norms_ax) = plt.subplots(2, 1, figsize=(12, 7), sharex=True,
-                                          gridspec_kw={"height_ratios": [3, 2]}, constrained_layout=True)
-    colours = plt.get_cmap("tab20")
+    fig = Figure(figsize=(12, 7), constrained_layout=True)
+    roll, norms_ax = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 2]})
+    palette = colormaps["tab20"]
     result = PlotResult(fig)
     for voice in header.voices:
         notes = score.notes.get(voice.index, [])
-        if not notes:
+        colour = palette(_PALETTE_ORDER[voice.index % 20])
+        label = f"{voice.name} ({GM_PROGRAMS[voice.program]})"
+        result.voice_labels.append(label)
+        if not notes:  # a silent voice is still one of the score's voices: listed, marked silent
+            roll.scatter([], [], s=6, marker="s", color=colour, label=f"{label}, silent", linewidths=0)
             continue
         slots = np.array([n[0] for n in notes])
         pitches = np.array([n[1] for n in notes], dtype=float)
         steps = np.array([score.step_of(s) for s in slots])
-        colour = colours(voice.index % 20)
-        label = f"{voice.name} ({GM_PROGRAMS[voice.program]})"
         x, y = _thin(steps, pitches, max_points)
         roll.scatter(x, y, s=6, marker="s", color=colour, label=label, linewidths=0)
-        result.voice_labels.append(label)
         if not score.decodable:  # no mapping (no gradmidi header): the norms are not known, so not drawn
             continue
         values = np.array([float(pitches_to_norms(np.array([p]), score.log_range_at(s), header.mapping)[0])
                            for s, p in zip(slots, pitches, strict=True)])
         x, y = _thin(steps, values, max_points)
-        norms_ax.plot(x, y, color=colour, linewidth=0.8)
+        norms_ax.plot(*_break_at_gaps(x, y, _gap(steps, score.clock.every, max_points)), color=colour,
+                      linewidth=0.8)
     by_kind: dict[str, list[int]] = {}
     for slot, kind in score.drums:
         by_kind.setdefault(kind, []).append(score.step_of(slot))
@@ -92,13 +98,26 @@ def plot_score(score: ScoreFile, max_points: int = 2000, title: str | None = Non
     roll.set_ylabel("MIDI note")
     roll.set_ylim(header.mapping.low_note - 2, header.mapping.high_note + 2)
     roll.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
-    if score.decodable:
+    if norms_ax.lines:  # a log axis with nothing on it warns: a silent score keeps a linear, empty one
         norms_ax.set_yscale("log")
     norms_ax.set_ylabel("gradient norm (decoded)" if score.decodable else "no norms: no gradmidi header")
     norms_ax.set_xlabel("step")
     roll.set_title(title or f"{header.title}: {score.summary()['steps']} steps, {header.mapping.key} "
                    f"{header.mapping.scale.replace('_', ' ')}")
     return result
+
+
+def _gap(steps: np.ndarray, every: int, max_points: int) -> float:
+    """The largest step distance between neighbours that is not a silence: one slot, or (thinned) two bins."""
+    if len(steps) <= max_points:
+        return every
+    return every + 2 * (steps[-1] - steps[0] + 1) / max_points
+
+
+def _break_at_gaps(x: np.ndarray, y: np.ndarray, gap: float) -> tuple[np.ndarray, np.ndarray]:
+    """A NaN between points further apart than ``gap``: a line does not join across a silent stretch."""
+    at = np.flatnonzero(np.diff(x) > gap) + 1
+    return np.insert(x.astype(float), at, np.nan), np.insert(y, at, np.nan)
 
 
 def plot(score_path: str | os.PathLike, out: str | os.PathLike, max_points: int = 2000,
@@ -111,7 +130,4 @@ def plot(score_path: str | os.PathLike, out: str | os.PathLike, max_points: int 
         raise GradmidiError(f"{out.parent}: no such folder for the plot")
     result = plot_score(read_score(score_path), max_points)
     result.figure.savefig(out, dpi=dpi)
-    import matplotlib.pyplot as plt
-
-    plt.close(result.figure)
     return result

@@ -283,6 +283,8 @@ def _write_atomic(out: Path, audio: np.ndarray, rate: int, fmt: tuple[str, str])
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     os.close(fd)
     try:
+        # mkstemp makes the file 0600; the audio is shared like any file the user writes (0666 less umask).
+        os.chmod(tmp, 0o666 & ~_umask())
         np.clip(audio, -1.0, 1.0, out=audio)
         if fmt[1] == "PCM_16":  # convert here: numpy is faster at it than libsndfile
             audio = np.multiply(audio, 32767.0, out=audio).round(out=audio).astype(np.int16)
@@ -291,6 +293,17 @@ def _write_atomic(out: Path, audio: np.ndarray, rate: int, fmt: tuple[str, str])
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    """The process's umask: from /proc where there is one (reading it elsewhere means setting it,
+    for a moment in which another thread's new file would get the wrong mode)."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        with open("/proc/self/status") as status:
+            return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def fluidsynth_available() -> str | None:

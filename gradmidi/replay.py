@@ -9,14 +9,18 @@ default the tags that look like gradient norms are the voices: Lightning's ``gra
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import fnmatch
 import json
 import math
 import os
 import re
+from collections.abc import Iterator, Sequence
+from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
@@ -31,6 +35,7 @@ from .sinks.factory import build_sinks
 from .voices import plan_voices
 
 DEFAULT_TAGS = re.compile(r"grad[^/]*norm", re.IGNORECASE)
+LOSS_NAMES = ("loss", "train_loss")  # a series so named (or ending in /loss) is the run's loss, not a voice
 NAME_COLUMNS = ("name", "tag", "voice", "layer")
 VALUE_COLUMNS = ("value", "norm")
 
@@ -72,12 +77,23 @@ class Series:
                 out.append(f"{gaps} missing step(s) between {steps[0]} and {steps[-1]}: silent")
         return out
 
+    def loss_name(self) -> str | None:
+        """The series that is the run's loss (a training one first), or None."""
+        losses = [name for name in self.values if is_loss(name)]
+        return min(losses, key=lambda n: ("train" not in n.lower(), list(self.values).index(n)), default=None)
+
+
+def is_loss(name: str) -> bool:
+    return name.rsplit("/", 1)[-1].lower() in LOSS_NAMES
+
 
 def read_series(path: str | os.PathLike, tags: list[str] | None = None) -> Series:
     path = Path(path)
     if not path.exists():
         raise GradmidiError(f"{path}: no such file or folder")
     suffix = path.suffix.lower()
+    if path.is_file():
+        _refuse_other_files(path)
     if path.is_file() and suffix == ".csv":
         series = _read_csv(path)
     elif path.is_file() and suffix in (".jsonl", ".ndjson"):
@@ -87,13 +103,24 @@ def read_series(path: str | os.PathLike, tags: list[str] | None = None) -> Serie
     chosen = Series(duplicates=series.duplicates, unsorted=series.unsorted, non_finite=series.non_finite)
     for name, values in series.values.items():
         if (tags and any(fnmatch.fnmatchcase(name, t) for t in tags)) or (not tags and (
-                suffix in (".csv", ".jsonl", ".ndjson") or DEFAULT_TAGS.search(name))):
+                suffix in (".csv", ".jsonl", ".ndjson") or DEFAULT_TAGS.search(name) or is_loss(name))):
             chosen.values[name] = values
-    if not chosen.values:
+    if not chosen.values or (not tags and all(is_loss(name) for name in chosen.values)):
         found = ", ".join(sorted(series.values)[:8]) or "none"
         what = f"no tag matches {', '.join(tags)}" if tags else "no gradient-norm tags"
         raise GradmidiError(f"{path}: {what} (tags found: {found}); choose some with --tags PATTERN")
     return chosen
+
+
+def _refuse_other_files(path: Path) -> None:
+    """A file that is none of the logs sonify reads gets a line saying what it is and what is read."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    reads = "sonify reads a TensorBoard log folder or event file (*tfevents*), a .csv or a .jsonl"
+    if head == b"MThd":
+        raise GradmidiError(f"{path} is a MIDI score, not a log: {reads} (to look at a score: gradmidi inspect)")
+    if path.suffix.lower() not in (".csv", ".jsonl", ".ndjson") and "tfevents" not in path.name:
+        raise GradmidiError(f"{path}: {reads}, not a {path.suffix or 'suffix-less'} file")
 
 
 def _column(header: list[str], choices: tuple[str, ...], path: Path) -> int:
@@ -107,35 +134,62 @@ def _column(header: list[str], choices: tuple[str, ...], path: Path) -> int:
 
 def _read_csv(path: Path) -> Series:
     series, last = Series(), dict[str, int]()
-    with open(path, newline="") as f:
-        rows = csv.reader(f)
+    with _open_text(path) as f:
+        first = f.readline()
+        f.seek(0)
+        rows = csv.reader(f, delimiter=max(",;\t", key=first.count))  # spreadsheets may save with ';' or tabs
         header = next(rows, [])
         step_i = _column(header, ("step",), path)
         name_i, value_i = _column(header, NAME_COLUMNS, path), _column(header, VALUE_COLUMNS, path)
-        for line, row in enumerate(rows, start=2):
-            if not row:
-                continue
-            try:
-                series.add(row[name_i], int(float(row[step_i])), float(row[value_i]), last)
-            except (ValueError, IndexError, OverflowError):
-                shown = ",".join(row).replace("\r", "\\r").replace("\n", "\\n")[:200]  # quoted fields hold newlines
-                raise GradmidiError(f"{path}:{line}: not a step, name, value row: {shown}") from None
+        try:
+            for line, row in enumerate(rows, start=2):
+                if not row:
+                    continue
+                try:
+                    series.add(row[name_i], int(float(row[step_i])), float(row[value_i]), last)
+                except (ValueError, IndexError, OverflowError):
+                    shown = ",".join(row).replace("\r", "\\r").replace("\n", "\\n")[:200]  # quoted fields hold newlines
+                    raise GradmidiError(f"{path}:{line}: not a step, name, value row: {shown}") from None
+        except UnicodeDecodeError as exc:
+            raise _not_utf8(path, exc) from None
     return series
+
+
+@contextlib.contextmanager
+def _open_text(path: Path) -> Iterator[TextIO]:
+    """A log as UTF-8 text (a byte-order mark, as spreadsheets write, skipped); one line if it is not."""
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        try:
+            f.readline()
+            f.seek(0)
+        except UnicodeDecodeError as exc:
+            raise _not_utf8(path, exc) from None
+        yield f
+
+
+def _not_utf8(path: Path, exc: UnicodeDecodeError) -> GradmidiError:
+    return GradmidiError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                         "save the log as UTF-8")
 
 
 def _read_jsonl(path: Path) -> Series:
     series, last = Series(), dict[str, int]()
-    with open(path) as f:
-        for line, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
-            try:
-                record = json.loads(text)
-                name = next(record[k] for k in NAME_COLUMNS if k in record)
-                value = next(record[k] for k in VALUE_COLUMNS if k in record)
-                series.add(str(name), int(record["step"]), float(value), last)
-            except (ValueError, KeyError, StopIteration, TypeError, OverflowError):
-                raise GradmidiError(f"{path}:{line}: not a {{step, name, value}} record") from None
+    with _open_text(path) as f:
+        try:
+            for line, text in enumerate(f, start=1):
+                if not text.strip():
+                    continue
+                try:
+                    record = json.loads(text)
+                    name = next(record[k] for k in NAME_COLUMNS if k in record)
+                    value = next(record[k] for k in VALUE_COLUMNS if k in record)
+                    series.add(str(name), int(record["step"]), float(value), last)
+                except (ValueError, KeyError, StopIteration, TypeError, OverflowError) as exc:
+                    if isinstance(exc, UnicodeDecodeError):
+                        raise
+                    raise GradmidiError(f"{path}:{line}: not a {{step, name, value}} record") from None
+        except UnicodeDecodeError as exc:
+            raise _not_utf8(path, exc) from None
     return series
 
 
@@ -183,23 +237,32 @@ def sonify_series(
     clock: Clock | None = None,
     aggregate: str = "max",
     spikes: SpikeSettings | None = None,
+    voices: Sequence[str] | None = None,
+    programs: MappingABC[str, int | str] | None = None,
 ) -> int:
-    """Writes the score through the same session a training run uses; returns the number of steps."""
-    names = list(series.values)
+    """Writes the score through the same session a training run uses; returns the number of steps.
+
+    A loss series (``Series.loss_name``) drives the loss, as ``son.step(loss=)`` does: its jumps
+    are loss spikes. ``voices`` and ``programs`` mean what the Sonifier's options do."""
+    loss_name = series.loss_name()
+    names = [n for n in series.values if n != loss_name]
+    if not names:
+        raise GradmidiError(f"{loss_name} is the loss; a score needs gradient norms to sound too")
     steps = sorted({s for values in series.values.values() for s in values})
     # The text after the last '/' (a layer or parameter name) hints the layer kind, and so the instrument.
-    voices, assignment = plan_voices([(n, n.rsplit("/", 1)[-1]) for n in names])
-    header = ScoreHeader(voices, mapping or Mapping(), clock or Clock(), title,
+    table, assignment = plan_voices([(n, n.rsplit("/", 1)[-1]) for n in names], voices=voices, programs=programs)
+    header = ScoreHeader(table, mapping or Mapping(), clock or Clock(), title,
                          {"gradmidi": __version__, "first_step": steps[0], "source": "replay", "layers": names,
                           "aggregate": aggregate})
     sinks = build_sinks(path=out, flush_interval=math.inf).sinks
     session = ScoreSession(header, sinks, assignment=assignment, aggregate=aggregate, spikes=spikes)
     columns = [series.values[n] for n in names]
+    losses = series.values.get(loss_name, {}) if loss_name else {}
     try:
         for step in steps:
             norms = np.array([c.get(step, np.nan) for c in columns])
             present = np.array([step in c for c in columns])
-            session.submit(StepRecord(step, norms, present))
+            session.submit(StepRecord(step, norms, present, losses.get(step)))
     finally:
         session.close()
     return len(steps)

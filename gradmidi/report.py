@@ -139,13 +139,37 @@ def _card(page: RunPage) -> str:
                    f"<table class=\"events\"><tr><th>step</th><th>kind</th><th>marker</th></tr>{rows}</table>{more}"
                    f"</details>") if events else "<p>no events</p>"
     changes = "".join(f"<li>{e(change)}</li>" for change in s["changes"])
-    return (f'<section class="run" id="{e(page.name)}"><h2>{e(page.score.header.title)}</h2>'
-            f'<div class="facts">{e(page.name)}.mid: {s["steps"]} steps, {s["seconds"]:g} s at {s["bpm"]:g} bpm, '
+    path, title = page.score.path, page.score.header.title
+    if path is None:
+        shown = page.score.label
+    else:  # two runs of one name: their folders tell them apart
+        shown = path.name if page.name == path.stem else str(path)
+    model = f" ({e(title)})" if title and title != page.name else ""
+    return (f'<section class="run" id="{e(page.name)}"><h2>{e(shown)}{model}</h2>'
+            f'<div class="facts">{s["steps"]} steps, {s["seconds"]:g} s at {s["bpm"]:g} bpm, '
             f"{e(s['scale'].replace('_', ' '))}; {e(counts)}{e(diverged)}</div>"
             + (f'<ul class="changes">{changes}</ul>' if changes else "") +
             f'<img src="{e(page.image)}" alt="piano roll and gradient norms of {e(page.name)}">{audio}'
             f'<table class="voices"><tr><th>voice</th><th>layers</th><th>ch</th><th>instrument</th><th>kind</th>'
-            f"<th>pitches</th></tr>{voices}</table>{event_table}</section>")
+            f"<th>pitches</th></tr>{voices}</table>{event_table}{_timeline(page.score)}</section>")
+
+
+def _timeline(score: ScoreFile) -> str:
+    """What happened besides events: epochs, the user's markers, an interruption, range changes."""
+    e = html.escape
+    kinds = set(score.header.drums)
+    rows = [(score.step_of(slot), "marker", text) for slot, text in score.markers if text.split(" ", 1)[0] not in kinds]
+    rows += [(score.step_of(slot), "range", f"norms {10 ** lo:.3g} to {10 ** hi:.3g} span the register")
+             for slot, (lo, hi) in score.ranges[1:]]
+    if not rows:
+        return ""
+    rows.sort(key=lambda r: r[0])
+    body = "".join(f'<tr class="{kind}"><td>{step}</td><td>{kind}</td><td>{e(text)}</td></tr>'
+                   for step, kind, text in rows[:MAX_EVENT_ROWS])
+    more = f"<p>... and {len(rows) - MAX_EVENT_ROWS} more</p>" if len(rows) > MAX_EVENT_ROWS else ""
+    return (f"<details{' open' if len(rows) <= 20 else ''}><summary>markers and range changes ({len(rows)})"
+            f"</summary><table class=\"markers\"><tr><th>step</th><th>what</th><th>text</th></tr>{body}</table>"
+            f"{more}</details>")
 
 
 def _layers(layers: tuple[str, ...]) -> str:

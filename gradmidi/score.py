@@ -6,6 +6,7 @@ and when they go.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -59,9 +60,18 @@ class Event:
     value: float | None = None
 
     def label(self) -> str:
-        where = f" {', '.join(self.voices)}" if self.voices else ""
+        where = f" {', '.join(map(_marker_name, self.voices))}" if self.voices else ""
         value = f" ({self.value:.4g})" if self.value is not None else ""
         return f"{self.kind}{where}{value} @ step {self.step}"
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z_][\w.\-]*")
+
+
+def _marker_name(name: str) -> str:
+    """A voice name in a marker, quoted unless it reads as a name: an unnamed Sequential's '0', '2'
+    would read as counts, and a name holding a comma or a space would read as two."""
+    return name if _PLAIN_NAME.fullmatch(name) else repr(name)
 
 
 def _registered_drums() -> dict[str, int]:

@@ -175,8 +175,10 @@ def parse_tracks(label: str, data: bytes) -> tuple[list[list[tuple[int, bytes]]]
     """(tracks, ticks per beat) of SMF bytes; one-line GradmidiError naming ``label`` when unreadable."""
     try:
         _, division, tracks = read_smf(data)
-    except (SMFError, IndexError, KeyError, struct.error) as exc:
-        raise GradmidiError(f"{label}: not a readable MIDI file ({exc or 'truncated'})") from None
+    except SMFError as exc:
+        raise GradmidiError(f"{label}: not a readable MIDI file ({exc})") from None
+    except (IndexError, KeyError, struct.error):  # the parser ran off the end of the bytes, or met garbage
+        raise GradmidiError(f"{label}: not a readable MIDI file (damaged: an event is cut short)") from None
     return tracks, division
 
 
@@ -210,7 +212,10 @@ def _file_bytes(path: Path) -> bytes:
         raise GradmidiError(f"{path}: no such file")
     if path.is_dir():
         raise GradmidiError(f"{path}: is a folder, not a MIDI file")
-    return path.read_bytes()
+    data = path.read_bytes()
+    if not data:
+        raise GradmidiError(f"{path}: an empty file, not a MIDI file (a run that never wrote its score?)")
+    return data
 
 
 def score_from_tracks(path: str | os.PathLike | None, tracks: list[list[tuple[int, bytes]]], division: int,

@@ -218,7 +218,7 @@ def read_smf(data: bytes) -> tuple[int, int, list[list[tuple[int, bytes]]]]:
     come back whole (``FF type len data``); channel events as their 2 or 3 bytes.
     """
     if data[:4] != b"MThd" or len(data) < 14:
-        raise SMFError("no MThd header: not a MIDI file")
+        raise SMFError("no MThd header")
     length, fmt, ntracks, division = struct.unpack(">IHHH", data[4:14])
     if division & 0x8000:
         raise SMFError("SMPTE time division is not supported")
@@ -227,12 +227,14 @@ def read_smf(data: bytes) -> tuple[int, int, list[list[tuple[int, bytes]]]]:
     pos = 8 + length
     tracks: list[list[tuple[int, bytes]]] = []
     for _ in range(ntracks):
+        if pos + 8 > len(data):
+            raise SMFError(f"truncated: track {len(tracks)} is missing or cut short")
         if data[pos : pos + 4] != b"MTrk":
-            raise SMFError(f"track {len(tracks)} is missing or damaged (file truncated?)")
+            raise SMFError(f"damaged: track {len(tracks)} does not start with MTrk")
         (size,) = struct.unpack(">I", data[pos + 4 : pos + 8])
         start, end = pos + 8, pos + 8 + size
         if end > len(data):
-            raise SMFError(f"track {len(tracks)} is cut short (file truncated?)")
+            raise SMFError(f"truncated: track {len(tracks)} is cut short")
         tracks.append(_read_track(data, start, end))
         pos = end
     return fmt, division, tracks

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections import deque
 from collections.abc import Mapping as MappingABC
 from collections.abc import Sequence
@@ -26,7 +27,7 @@ import numpy as np
 from . import __version__, lifecycle
 from .capture import NormCapture, PendingNorms, discover_layers, model_layers
 from .checks import flag, real, whole
-from .clock import Clock
+from .clock import MAX_BPM, Clock
 from .distributed import GradientSyncWatch, layer_class_name, rank_and_world, unwrap
 from .errors import GradmidiError
 from .events import SpikeSettings
@@ -61,15 +62,17 @@ class Sonifier:
             the run's own norms after a warm-up (each change is recorded in the score).
         mapping: a ready ``gradmidi.Mapping`` instead of the options above.
 
-        bpm: the tempo; a slot (one step, or ``every`` steps) is ``slot_beats`` of a beat.
+        bpm: the tempo (unset: 120, the Clock's); a slot (one step, or ``every`` steps) is
+            ``slot_beats`` of a beat.
         every: steps per slot, aggregated by ``aggregate``.
         arpeggio: spread a slot's voices across it instead of sounding them together.
         gate: the share of a slot a note sounds.
         duration, total_steps: play the whole run in about ``duration`` seconds (picks the tempo,
-            and ``every`` past the fastest tempo); replaces ``bpm``.
+            so not with ``bpm``, and ``every`` past the fastest tempo, with a warning).
 
         voices: group layers into voices (a list of patterns or {voice: patterns}).
-        programs: General MIDI program per voice ({voice: number or name}).
+        programs: General MIDI program per voice ({voice, layer or pattern: number or name}); an
+            exact name beats a pattern.
         max_voices: at most this many voices (1-15); more layers are grouped.
         include_frozen: also sound layers whose parameters do not require gradients (an adapted
             model's frozen base).
@@ -112,7 +115,7 @@ class Sonifier:
         adaptive_every: int = Mapping.adaptive_every,
         adaptive_quantiles: tuple[float, float] = Mapping.adaptive_quantiles,
         mapping: Mapping | None = None,
-        bpm: float = Clock.bpm,
+        bpm: float | None = None,
         slot_beats: float = Clock.slot_beats,
         every: int = Clock.every,
         arpeggio: bool = Clock.arpeggio,
@@ -142,6 +145,8 @@ class Sonifier:
         rank_zero_only: bool = True,
     ) -> None:
         _check_options(locals())
+        if path is not None and not isinstance(path, (str, os.PathLike)):
+            raise GradmidiError(f"path must be a .mid file name (a str or os.PathLike) or None, not {path!r}")
         given = Mapping(scale=scale, key=key, low_note=low_note, high_note=high_note, norm_range=norm_range,
                         velocity=velocity, adaptive=adaptive, adaptive_warmup=adaptive_warmup,
                         adaptive_every=adaptive_every, adaptive_quantiles=adaptive_quantiles)
@@ -151,10 +156,18 @@ class Sonifier:
         if duration is not None:
             if not total_steps:
                 raise GradmidiError("duration= needs total_steps= (how many steps the run will take)")
+            if bpm is not None:
+                raise GradmidiError(f"bpm={bpm!r} and duration={duration!r} both set the tempo: give one of them")
             clock = Clock.for_duration(duration, total_steps, slot_beats=slot_beats, every=every, arpeggio=arpeggio,
                                        gate=gate)
+            if every != 1 and clock.every != every:
+                warnings.warn(f"gradmidi: every={every} raised to {clock.every} to fit total_steps={total_steps} "
+                              f"into duration={duration:g} s (at most {MAX_BPM:g} bpm)", UserWarning, stacklevel=2)
         else:
-            clock = Clock(bpm=bpm, slot_beats=slot_beats, every=every, arpeggio=arpeggio, gate=gate)
+            if total_steps is not None:
+                raise GradmidiError("total_steps= is only used with duration= (to fit the run into that time)")
+            clock = Clock(bpm=Clock.bpm if bpm is None else bpm, slot_beats=slot_beats, every=every,
+                          arpeggio=arpeggio, gate=gate)
         user_sinks = check_user_sinks(sinks)
 
         self.rank, world = rank_and_world()
@@ -167,6 +180,9 @@ class Sonifier:
         layers = [layer for layer in everything if include_frozen or layer.trainable]
         # An adapted model is voiced as the model it adapts: its frozen base shapes the voices, silently.
         planned = everything if any(layer.adapter for layer in everything) else layers
+        if not layers and not include_frozen and any(True for _ in model.parameters()):
+            raise GradmidiError("every parameter of the model is frozen (requires_grad=False): nothing will have a "
+                                "gradient to hear; pass include_frozen=True to sound frozen layers anyway")
         table, assignment = plan_voices(
             [LayerRecord(layer.shown, layer.class_name, include_frozen or layer.trainable, layer.factor)
              for layer in planned],
@@ -196,6 +212,8 @@ class Sonifier:
         self._steps = 0
         self._epochs = 0
         self._closed = False
+        self._warned_closed = False
+        self._heard_any = False  # the first step sounded has been looked at (for a missing backward)
         self.server: Sink | None = None
         self._session: ScoreSession | None = None
         if not self.sounding:
@@ -231,6 +249,10 @@ class Sonifier:
         and on the ranks that do not sound (call it on every rank all the same).
         """
         if self._closed:
+            if not self._warned_closed:
+                self._warned_closed = True
+                warnings.warn("gradmidi: step() after close(): the score is finished, so this step and any later "
+                              "are not sounded; make a new Sonifier for more", UserWarning, stacklevel=3)
             return None
         if self._sync_watch is not None:
             if not self._sync_watch.synced():  # a no_sync() micro-step: its gradients are partial
@@ -321,7 +343,8 @@ class Sonifier:
 
     def interrupt(self) -> None:
         """Marks the run interrupted: the score gets an 'interrupted' marker and live output stops
-        at once when it closes. Ctrl-C and SIGTERM call this; it only sets a flag."""
+        at once when it closes. SIGTERM calls this, and a close during or after Ctrl-C's KeyboardInterrupt; it
+        only sets a flag."""
         if self._session is not None:
             self._session.interrupt()
 
@@ -329,6 +352,8 @@ class Sonifier:
         """Finishes the score: every note closed, every sink flushed (and audio rendered). Safe to call twice."""
         if self._closed:
             return
+        if lifecycle.interrupted_by_ctrl_c():
+            self.interrupt()
         self._closed = True
         if self._sync_watch is not None:
             self._sync_watch.close()
@@ -377,6 +402,12 @@ class CapturedStep:
     def record(self) -> StepRecord:
         """The step's host values (waits for the copies: the session's worker thread calls this)."""
         norms, present, loss = self._pending.result()
+        if not self._son._heard_any:  # the first step: a call before backward() would leave the score silent
+            self._son._heard_any = True
+            if not present.any():
+                warnings.warn(f"gradmidi: no layer had a gradient at step {self.step}, so it is silent: call "
+                              "son.step() after loss.backward() (and before optimizer.zero_grad())", UserWarning,
+                              stacklevel=1)
         skipped = self._scaling and not bool(np.all(np.isfinite(norms[present])))
         return StepRecord(self.step, norms, present, loss, skipped)
 

@@ -244,16 +244,19 @@ def _child_key(child: _Group) -> str:
 
 
 def _apply_programs(table: list[Voice], programs: MappingABC[str, int | str]) -> list[Voice]:
-    """Overrides by voice name, layer name, or glob pattern over either; later entries win."""
-    out = list(table)
-    for pattern, program in programs.items():
+    """Overrides by voice name, layer name, or glob pattern over either. The most exact entry wins,
+    whatever the order: a voice's own name, then one of its layers' names, then a pattern (of
+    several patterns, the later); so {"0": "Violin", "*": "Flute"} makes voice 0 a violin."""
+    best: dict[int, tuple[int, int, int]] = {}  # voice -> (exactness, entry order, program)
+    for order, (pattern, program) in enumerate(programs.items()):
         number = program_number(program)
         hit = False
-        for i, v in enumerate(out):
-            candidates = (v.name, *v.layers)
-            if any(fnmatch.fnmatchcase(c, pattern) or c == pattern for c in candidates):
-                out[i] = Voice(v.index, v.name, v.layers, v.kind, v.channel, number)
+        for v in table:
+            exactness = 2 if v.name == pattern else 1 if pattern in v.layers else 0
+            if exactness or any(fnmatch.fnmatchcase(c, pattern) for c in (v.name, *v.layers)):
+                best[v.index] = max(best.get(v.index, (-1, -1, 0)), (exactness, order, number))
                 hit = True
         if not hit:
             raise GradmidiError(f"programs pattern {pattern!r} matches no voice or layer")
-    return out
+    return [Voice(v.index, v.name, v.layers, v.kind, v.channel, best[v.index][2]) if v.index in best else v
+            for v in table]

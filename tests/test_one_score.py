@@ -224,7 +224,10 @@ def test_every_sonifier_option_is_in_its_signature_and_its_help():
         assert parameter.annotation is not inspect.Parameter.empty, f"{name} has no type"
     # The mapping and clock defaults are the dataclasses' own, not copies that could drift.
     assert signature.parameters["scale"].default == Mapping().scale
-    assert signature.parameters["bpm"].default == Clock().bpm
+    # bpm defaults to None, so that one given beside duration= is seen (and refused); unset, it is the Clock's.
+    assert signature.parameters["bpm"].default is None
+    with gradmidi.Sonifier(torch.nn.Linear(2, 2), None) as son:
+        assert son.header.clock.bpm == Clock().bpm
     assert (Path(gradmidi.__file__).parent / "py.typed").exists()
 
 

@@ -69,6 +69,8 @@ class SonifyCallback(L.Callback):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if self.sonifier is not None:
             self.sonifier.marker(f"exception: {type(exception).__name__}")
+            if isinstance(exception, KeyboardInterrupt):  # Lightning catches Ctrl-C: the run is interrupted
+                self.sonifier.interrupt()
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.sonifier is not None:

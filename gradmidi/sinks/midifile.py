@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,14 @@ from .base import Sink
 
 BLOCK_SLOTS = 4096  # slots of notes held before they are encoded into the track spools
 FLUSH_SHARE = 0.015  # a flush may cost at most this share of a core (its CPU time over the interval)
+# Names that say the file holds something else: a score written there would be a surprise.
+OTHER_CONTENT = {
+    **dict.fromkeys((".wav", ".flac", ".ogg", ".mp3", ".aac", ".m4a", ".aif", ".aiff", ".opus"), "audio"),
+    **dict.fromkeys((".png", ".svg", ".pdf", ".jpg", ".jpeg", ".gif", ".webp"), "an image"),
+    **dict.fromkeys((".csv", ".tsv", ".json", ".jsonl", ".ndjson", ".txt", ".html", ".npy", ".pt", ".pth",
+                     ".ckpt", ".safetensors", ".py"), "data"),
+}
+_WRITING: weakref.WeakValueDictionary[Path, MidiFileSink] = weakref.WeakValueDictionary()  # open sinks by file
 
 
 class MidiFileSink(Sink):
@@ -36,6 +45,13 @@ class MidiFileSink(Sink):
 
     def __init__(self, path: str | os.PathLike, flush_interval: float = 2.0) -> None:
         self.path = Path(path)
+        problem = score_name_problem(self.path)
+        if problem:
+            raise GradmidiError(f"{self.path}: {problem}")
+        writer = _WRITING.get(self.path.resolve())
+        if writer is not None and writer._tracks:
+            raise GradmidiError(f"{self.path} is already being written by another Sonifier (or listener) in this "
+                                "process: give each its own path")
         if self.path.is_dir():
             raise GradmidiError(f"{self.path} is a folder; give a .mid file name")
         if not self.path.parent.exists():
@@ -55,6 +71,7 @@ class MidiFileSink(Sink):
         self._velocities: list[np.ndarray] = []
 
     def open(self, header: ScoreHeader) -> None:
+        _WRITING[self.path.resolve()] = self
         self.header = header
         self.clock = header.clock
         self.arrangement = Arrangement(header)
@@ -168,6 +185,16 @@ class MidiFileSink(Sink):
         for track in self._tracks:
             track.close()
         self._tracks = []
+        if _WRITING.get(self.path.resolve()) is self:
+            del _WRITING[self.path.resolve()]
+
+
+def score_name_problem(path: Path) -> str | None:
+    """Why a score must not be written under this name (its suffix promises other content), or None."""
+    holds = OTHER_CONTENT.get(path.suffix.lower())
+    if holds is None:
+        return None
+    return f"a {path.suffix} name promises {holds}, but this is a MIDI score: name it .mid"
 
 
 def _check_writable(path: Path) -> None:
