@@ -5,7 +5,7 @@ straight into one numpy buffer (no audio driver, no copies). Long scores are spl
 channel groups rendered in parallel processes and summed: the synth and its reverb and
 chorus are linear, so the mix equals the single render up to float rounding (checked by the
 tests). The result is loudness-normalised to ``LOUDNESS_TARGET`` LUFS (ITU-R BS.1770-4,
-pyloudnorm) with the sample peak kept at or below ``PEAK_CEILING`` dBFS, so renders of
+as pyloudnorm measures it) with the sample peak kept at or below ``PEAK_CEILING`` dBFS, so renders of
 different runs can be compared by ear, then written atomically (WAV, FLAC or OGG).
 """
 
