@@ -14,6 +14,7 @@ from .events import EventKind, SpikeSettings  # noqa: E402
 from .events import register as register_event_kind  # noqa: E402
 from .instruments import GM_PROGRAMS  # noqa: E402
 from .mapping import SCALES, Mapping  # noqa: E402
+from .notebook import show  # noqa: E402
 
 # Eager, not lazy: importing the submodule gradmidi.render (audio=, a report, a user's import) would
 # otherwise set the package's 'render' to the module, and gradmidi.render(...) would stop working.
@@ -35,6 +36,6 @@ def __getattr__(name):
 
 
 __all__ = [
-    "Sonifier", "render", "Mapping", "Clock", "SpikeSettings", "EventKind", "register_event_kind", "Sink",
+    "Sonifier", "show", "render", "Mapping", "Clock", "SpikeSettings", "EventKind", "register_event_kind", "Sink",
     "ScoreFile", "read_score", "GradmidiError", "SCALES", "GM_PROGRAMS", "__version__",
 ]

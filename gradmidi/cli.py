@@ -384,10 +384,16 @@ def play(file: Path, port: str | None, synth: bool, driver: str | None, soundfon
               help="The token a server bound beyond loopback printed at start (or $GRADMIDI_TOKEN).")
 @click.option("--latency", type=click.FloatRange(0.05, 10), default=0.5, show_default=True,
               help="Most seconds of backlog played; more is merged (as live= does).")
+@click.option("--timeout", type=click.FloatRange(min=0), default=None,
+              help="Seconds to wait for a run to start serving (default: until Ctrl-C; 0: not at all).")
+@click.option("--follow", is_flag=True,
+              help="After a run ends, wait for the next (a sweep); with --save each goes to its own file.")
 @click.option("-q", "--quiet", is_flag=True, help="Say nothing on the terminal (connections, saved files).")
 def listen(address: str, port: str | None, synth: bool, driver: str | None, soundfont: Path | None, api: str | None,
-           save: Path | None, token: str | None, latency: float, quiet: bool) -> None:
-    """Play a run served elsewhere (Sonifier(..., serve="HOST:PORT")) live; reconnects when it drops."""
+           save: Path | None, token: str | None, latency: float, timeout: float | None, follow: bool,
+           quiet: bool) -> None:
+    """Play a run served elsewhere (Sonifier(..., serve="HOST:PORT")) live; reconnects when it drops.
+    Started before the run, it waits for it."""
     from .listen import Listener
     from .outputs import open_output
 
@@ -400,14 +406,12 @@ def listen(address: str, port: str | None, synth: bool, driver: str | None, soun
             click.echo(text, err=True)
 
     listener = Listener(address, open_output=(lambda: open_output(spec, api, soundfont)) if spec else None,
-                        save=save, token=token, max_latency=latency, say=say)
+                        save=save, token=token, max_latency=latency, wait=timeout, follow=follow, say=say)
     try:
         with _in_flags(LIVE_FLAGS):
             listener.run()
     except KeyboardInterrupt:
         say("stopped")
-    for path in listener.saved:
-        say(f"saved {path}")
 
 
 @cli.command(short_help="A score as a picture (PNG, SVG, PDF).")

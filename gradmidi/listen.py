@@ -5,6 +5,10 @@ sinks (the live scheduler, backlog folded to its latency, and the .mid writer fo
 so what is heard and saved is what the run's own outputs play. A dropped stream is reconnected
 with backoff; the same run continues in the same file, a new run (the trainer restarted) starts
 a new one.
+
+Users start the listener first: until something serves, it waits (polling, as an SSH forward
+with nothing behind it accepts and hangs up at once), and with ``follow`` it waits again after
+each run ends, so a sweep's runs land in successive files.
 """
 
 from __future__ import annotations
@@ -27,10 +31,15 @@ from .wire import MAX_SERVER_FRAME, PROTOCOL, FrameDecoder, FrameError, encode, 
 CONNECT_SECONDS = 10.0
 STALE_SECONDS = 20.0  # the server pings every 5 s: this much silence means the link is dead
 BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
+WAIT_POLL = 0.2  # while waiting for a run: how often to try again (a run joined late loses its first slots)
 
 
 class Refused(GradmidiError):
     """The server would not stream to us (bad token, another protocol): retrying cannot help."""
+
+
+class NotServing(GradmidiError):
+    """Nothing serves there yet (refused, or accepted and closed at once by an SSH forward): worth waiting for."""
 
 
 class _Dropped(Exception):
@@ -48,8 +57,12 @@ class Listener:
         save: str | Path | None = None,
         token: str | None = None,
         max_latency: float = 0.5,
+        wait: float | None = None,
+        follow: bool = False,
         say: Callable[[str], None] = lambda text: None,
     ) -> None:
+        """``wait``: seconds to wait for a run to serve (None: until Ctrl-C; 0: not at all).
+        ``follow``: after a run ends, wait (as long) for the next one instead of returning."""
         self.host, self.port = parse_address(address)
         self.address = address
         if open_output is None and save is None:
@@ -58,6 +71,8 @@ class Listener:
         self.save = Path(save) if save is not None else None
         self.token = token
         self.max_latency = max_latency
+        self.wait = wait
+        self.follow = follow
         self.say = say
         self.saved: list[Path] = []
         self.slots = 0
@@ -72,15 +87,26 @@ class Listener:
 
     # -- the session ------------------------------------------------------------------------
     def run(self) -> None:
-        """Until the run ends (``end``) or Ctrl-C; a dropped stream is reconnected with backoff."""
+        """Until the run ends (``end``; with ``follow``, until no next run comes within ``wait``) or
+        Ctrl-C; a dropped stream is reconnected with backoff."""
         try:
-            sock, decoder, welcome = self._connect(first=True)
+            sock, decoder, welcome = self._await_run(first=True)
             while True:
                 self._welcome(welcome)
                 try:
                     if self._stream(sock, decoder, welcome["then"]):
-                        self.say("the run ended")
-                        return
+                        sock.close()
+                        if not self.follow:
+                            self.say("the run ended")
+                            return
+                        self._next_score()  # this run's file is complete now, not when the next one comes
+                        self.say(f"the run ended; waiting for the next run at {self.host}:{self.port}")
+                        found = self._await_run(first=False)
+                        if found is None:
+                            self.say(f"no new run within {self.wait:g} s")
+                            return
+                        sock, decoder, welcome = found
+                        continue
                     raise _Dropped("the server closed the connection")
                 except (_Dropped, OSError, FrameError) as exc:
                     sock.close()
@@ -98,10 +124,18 @@ class Listener:
         if self._session is not None:
             self._session.close()  # closes the output too
             self._session = None
+            if self.save is not None:
+                self.say(f"saved {self.saved[-1]}")  # as each completes: a sweep may run for hours
         elif self._output is not None:  # made, never played
             self._output.close()
         self._output = None
         self._sinks = []
+
+    def _next_score(self) -> None:
+        """Completes the current score and readies the sinks for the next run's (``FILE-2.mid``, ...)."""
+        self.close()
+        self._sinks = self._make_sinks(self._numbered(self.save, len(self.saved) + 1) if self.save else None)
+        self._run = None
 
     def _make_sinks(self, save: Path | None) -> list[Sink]:
         self._output = self.open_output() if self.open_output else None
@@ -113,13 +147,35 @@ class Listener:
                 self._output.close()
             raise
 
-    def _connect(self, first: bool = False):
+    def _await_run(self, first: bool):
+        """Connects as soon as a run serves. After ``wait`` seconds of nothing: an error for the
+        first run, None for a next one (a sweep has finished)."""
+        where = f"{self.host}:{self.port}"
+        deadline = None if self.wait is None else time.monotonic() + self.wait
+        waiting = False
+        while True:
+            try:
+                return self._connect()
+            except NotServing as exc:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    if not first:
+                        return None
+                    waited = f" within {self.wait:g} s" if waiting else ""
+                    raise GradmidiError(f"nothing is serving on {where}{waited} ({exc}): is the run started with "
+                                        "serve=, and the SSH forward up?") from None
+                if not waiting and first:
+                    until = "Ctrl-C" if deadline is None else f"{self.wait:g} s"
+                    self.say(f"waiting for a run at {where} (until {until})")
+                waiting = True
+                self._sleep(WAIT_POLL if left is None else min(WAIT_POLL, left))
+
+    def _connect(self):
         where = f"{self.host}:{self.port}"
         try:
             sock = socket.create_connection((self.host, self.port), timeout=CONNECT_SECONDS)
         except ConnectionRefusedError:
-            raise GradmidiError(f"nothing is serving on {where} (connection refused): is the run started with "
-                                "serve=, and the SSH forward up?") from None
+            raise NotServing("connection refused") from None
         except socket.gaierror as exc:
             raise GradmidiError(f"cannot resolve {self.host!r}: {exc.strerror}") from None
         except OSError as exc:
@@ -132,8 +188,9 @@ class Listener:
             messages: list[dict] = []
             while not messages:
                 data = sock.recv(65536)
-                if not data:
-                    raise GradmidiError(f"{where} hung up without a word: not a gradmidi server?")
+                if not data:  # what an SSH forward does while nothing serves behind it
+                    raise NotServing("it hung up without a word: an SSH forward with no run behind it, or not "
+                                     "a gradmidi server")
                 messages = decoder.feed(data)
             first_message = messages[0]
             if first_message["type"] == "refused":
@@ -156,6 +213,9 @@ class Listener:
             sock.close()
             raise GradmidiError(f"{where} did not answer within {CONNECT_SECONDS:g} s: not a gradmidi server?") \
                 from None
+        except ConnectionResetError:  # a run closing its socket as we came: the next one may follow
+            sock.close()
+            raise NotServing("the connection was reset") from None
         except OSError as exc:
             sock.close()
             raise GradmidiError(f"{where}: {exc.strerror or exc}") from None
@@ -195,8 +255,7 @@ class Listener:
             self.say(f"reconnected to {self.host}:{self.port}: the same run goes on")
         else:
             if self._run is not None:  # the trainer restarted: a new score
-                self.close()
-                self._sinks = self._make_sinks(self._numbered(self.save, len(self.saved) + 1) if self.save else None)
+                self._next_score()
             self._run = welcome["run"]
             self._header = header
             self._offset = None

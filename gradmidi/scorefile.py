@@ -78,6 +78,12 @@ class ScoreFile:
         return (f"<ScoreFile {name} {self.header.title!r}: {voices} voice{'s' if voices != 1 else ''}, "
                 f"{self.last_slot + 1} slots, {heard}{edited}>")
 
+    def _repr_html_(self) -> str:
+        """Jupyter shows a score as its plot and an audio player (see ``gradmidi.show``)."""
+        from .notebook import score_html
+
+        return score_html(self)
+
     def to_mido(self) -> mido.MidiFile:
         """The file as a ``mido.MidiFile``, every event and tick as read (edit it, save it, read it again)."""
         from .interop import to_mido

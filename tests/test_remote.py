@@ -372,11 +372,71 @@ def test_a_dropped_stream_is_reconnected_and_ctrl_c_leaves_complete_files(tmp_pa
     assert gradmidi.read_score(tmp_path / "run-2.mid").decode() == gradmidi.read_score(tmp_path / "second.mid").decode()
 
 
+def test_a_listener_started_10_s_before_the_run_waits_for_it_and_saves_the_whole_run(tmp_path):
+    port = free_port()
+    said = tmp_path / "stderr.txt"
+    with open(said, "w") as stderr:
+        heard = subprocess.Popen([sys.executable, "-m", "gradmidi", "listen", f"127.0.0.1:{port}", "--save",
+                                  str(tmp_path / "heard.mid")], stdout=subprocess.DEVNULL, stderr=stderr,
+                                 stdin=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: "waiting for a run" in said.read_text(), 30, "the listener to start waiting")
+        time.sleep(10)  # the training script imports torch, loads its data ...
+        assert heard.poll() is None, said.read_text()
+        model = tiny_model()
+        son = gradmidi.Sonifier(model, tmp_path / "server.mid", serve=f"127.0.0.1:{port}")
+        wait_for(lambda: son.server.joined == 1, 10, "the waiting listener to join")
+        with son:
+            train(son, model, 40, nan_at=12)
+            son.marker("lr decay")
+        heard.wait(30)
+    finally:
+        heard.kill()
+    err = said.read_text()
+    assert heard.returncode == 0, err
+    assert f"waiting for a run at 127.0.0.1:{port} (until Ctrl-C)" in err and "the run ended" in err
+    ours, theirs = gradmidi.read_score(tmp_path / "server.mid"), gradmidi.read_score(tmp_path / "heard.mid")
+    assert theirs.decode() == ours.decode() and len(ours.decode()) == 2 * 39  # every step but the NaN one
+    assert theirs.drums == ours.drums and theirs.markers == ours.markers and ours.markers
+
+
+def test_follow_saves_each_run_of_a_sweep_to_its_own_file_through_an_ssh_style_forward(tmp_path):
+    upstream = free_port()
+    forward = Proxy(upstream)  # like ssh -L: accepts, and hangs up at once while nothing serves behind it
+    heard = listen(f"127.0.0.1:{forward.port}", "--save", str(tmp_path / "sweep.mid"), "--follow", "--timeout", "5")
+    try:
+        time.sleep(2)  # the listener meets the forward's hang-ups and goes on waiting
+        assert heard.poll() is None
+        for n, steps in ((1, 25), (2, 35)):
+            model = tiny_model()
+            son = gradmidi.Sonifier(model, tmp_path / f"run{n}.mid", serve=f"127.0.0.1:{upstream}")
+            wait_for(lambda: son.server.joined == 1, 30, f"the listener to join run {n}")
+            with son:
+                train(son, model, steps)
+            time.sleep(1)  # between two runs of the sweep
+        _, err = finish(heard, 30)
+    finally:
+        forward.close()
+        heard.kill()
+    assert heard.returncode == 0, err
+    assert "no new run within 5 s" in err and "Traceback" not in err
+    # Each file is complete when its run ends, before the next run is heard.
+    assert err.index(f"saved {tmp_path / 'sweep.mid'}") < err.index("waiting for the next run") < \
+        err.rindex("listening to")
+    for n, saved in ((1, "sweep.mid"), (2, "sweep-2.mid")):
+        ours, theirs = gradmidi.read_score(tmp_path / f"run{n}.mid"), gradmidi.read_score(tmp_path / saved)
+        assert theirs.decode() == ours.decode() and len(ours.decode()) == 2 * (25 if n == 1 else 35)
+    assert not (tmp_path / "sweep-3.mid").exists()
+
+
 @pytest.mark.parametrize("args, words", [
     (["nohost", "--save", "x.mid"], "expected HOST:PORT"),
     (["127.0.0.1:99999", "--save", "x.mid"], "expected HOST:PORT"),
     (["127.0.0.1:http", "--save", "x.mid"], "expected HOST:PORT"),
-    (["127.0.0.1:{free}", "--save", "x.mid"], "connection refused"),
+    (["127.0.0.1:{free}", "--save", "x.mid", "--timeout", "0"],
+     "nothing is serving on 127.0.0.1:{free} (connection refused)"),
+    (["127.0.0.1:{free}", "--save", "x.mid", "--timeout", "1"], "within 1 s (connection refused)"),
+    (["127.0.0.1:{free}", "--save", "x.mid", "--timeout", "-1"], "Invalid value for '--timeout'"),
     (["127.0.0.1:{free}"], "nothing to do"),
     (["127.0.0.1:{free}", "--port", "a", "--synth"], "choose one of"),
     (["no-such-host.invalid:7400", "--save", "x.mid"], "cannot resolve"),
@@ -386,7 +446,7 @@ def test_bad_listen_arguments_are_one_line_errors(args, words, tmp_path):
     result = run_listen(*[a.replace("{free}", str(free)) for a in args])
     assert result.returncode != 0 and "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
-    assert lines[-1].startswith("Error: ") and words in lines[-1]
+    assert lines[-1].startswith("Error: ") and words.replace("{free}", str(free)) in lines[-1]
 
 
 def test_a_server_that_is_not_gradmidi_is_a_one_line_error(tmp_path):

@@ -1,0 +1,91 @@
+"""A score shown inline in Jupyter: its plot and an audio player (``gradmidi.show``, ``ScoreFile._repr_html_``).
+
+Everything is embedded in the cell's HTML (a PNG and an OGG as data URIs), so a saved notebook
+keeps them and nothing is served. The plot is drawn on a Figure of its own: the user's
+matplotlib backend and pyplot state are never touched.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import GradmidiError
+from .scorefile import ScoreFile, read_score
+
+MAX_AUDIO_SECONDS = 300.0  # longer runs are not embedded: minutes of audio would bloat the notebook
+AUDIO_RATE = 22050  # enough for a preview, half the bytes of 44.1 kHz
+PLOT_DPI = 80
+
+
+def show(score: str | os.PathLike | bytes | ScoreFile, *, audio: bool = True,
+         soundfont: str | os.PathLike | None = None) -> None:
+    """Displays a score (a path, bytes or a read score) in the notebook: plot, facts and a player."""
+    try:
+        from IPython.display import HTML, display
+    except ImportError:
+        raise GradmidiError("gradmidi.show displays in Jupyter: pip install ipython (or run it in a notebook); "
+                            "outside one, use gradmidi.plot / gradmidi.render") from None
+    read = score if isinstance(score, ScoreFile) else read_score(score)
+    display(HTML(score_html(read, audio=audio, soundfont=soundfont)))
+
+
+def score_html(score: ScoreFile, *, audio: bool = True, soundfont: str | os.PathLike | None = None,
+               max_points: int = 1000) -> str:
+    """The score as one self-contained HTML fragment. A missing part (no matplotlib, no FluidSynth, a
+    long run) is said in a line instead, never raised: a notebook's display must not fail."""
+    e = html.escape
+    s = score.summary()
+    counts = ", ".join(f"{kind.replace('_', ' ')} {n}" for kind, n in s["events"].items() if n) or "no events"
+    name = score.path.name if score.path is not None else score.label
+    facts = (f"<b>{e(name)}</b> ({e(s['title'])}): {len(score.header.voices)} voices, {s['steps']} steps, "
+             f"{s['seconds']:g} s at {s['bpm']:g} bpm; {e(counts)}")
+    parts = [f'<div class="gradmidi-score"><p>{facts}</p>', _plot_html(score, max_points)]
+    if audio:
+        parts.append(_audio_html(score, float(s["seconds"]), soundfont))
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def _plot_html(score: ScoreFile, max_points: int) -> str:
+    from .plot import plot_score
+
+    try:
+        figure = plot_score(score, max_points).figure
+    except GradmidiError as exc:
+        return f'<p class="gradmidi-noplot">no plot: {html.escape(str(exc))}</p>'
+    png = io.BytesIO()
+    figure.savefig(png, format="png", dpi=PLOT_DPI)
+    data = base64.b64encode(png.getvalue()).decode("ascii")
+    return (f'<img src="data:image/png;base64,{data}" style="max-width: 100%" '
+            f'alt="piano roll and gradient norms">')
+
+
+def _audio_html(score: ScoreFile, seconds: float, soundfont: str | os.PathLike | None) -> str:
+    from .render import fluidsynth_available, render
+
+    def said(why: str) -> str:
+        return f'<p class="gradmidi-noaudio">no audio: {html.escape(why)}</p>'
+
+    if seconds > MAX_AUDIO_SECONDS:
+        where = f"'{score.path.name}'" if score.path is not None else "score"
+        return said(f"the run plays {seconds / 60:.1f} min, too long to embed (at most {MAX_AUDIO_SECONDS:g} s); "
+                    f"gradmidi.render({where}, 'run.ogg') renders it whole")
+    if not score.data:
+        return said("this score object does not hold its file's bytes; show the file instead")
+    problem = fluidsynth_available()
+    if problem is not None:
+        return said(problem)
+    with tempfile.TemporaryDirectory(prefix="gradmidi-show-") as folder:
+        midi, ogg = Path(folder) / "score.mid", Path(folder) / "score.ogg"
+        midi.write_bytes(score.data)  # the bytes as read: an edited score sounds as edited
+        try:
+            render(midi, ogg, soundfont, rate=AUDIO_RATE)
+        except GradmidiError as exc:
+            return said(str(exc))
+        data = base64.b64encode(ogg.read_bytes()).decode("ascii")
+    return f'<audio controls preload="metadata" src="data:audio/ogg;base64,{data}"></audio>'
