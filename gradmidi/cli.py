@@ -215,6 +215,11 @@ def inspect(file: Path, as_json: bool) -> None:
     events = ", ".join(f"{k} {n} (first at step {summary['first_event_step'][k]})"
                        for k, n in summary["events"].items() if n)
     console.print(f"events: {events or 'none'}")
+    if summary["range_changes"]:
+        moves = summary["range_changes"]
+        console.print(f"range changes: {len(moves)}: " + "; ".join(
+            f"step {m['step']}: {m['norms'][0]:.3g} to {m['norms'][1]:.3g}" for m in moves[:20])
+            + (f"; ... {len(moves) - 20} more" if len(moves) > 20 else ""), markup=False)
     if summary["markers"]:
         shown = summary["markers"][:20]
         console.print("markers: " + "; ".join(f"{text}" for _, text in shown)

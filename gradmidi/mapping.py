@@ -127,6 +127,18 @@ class Mapping:
         return cls(**known)
 
 
+# The adaptive range. A re-centred range is the run's quantiles widened by HEADROOM of their span
+# on each side (at least MIN_SPAN decades in all), so a run that keeps moving (norms rising all
+# through a long run) stays inside it for a while instead of reaching an edge at once. When a voice
+# sounded the register's bottom or top note in more than PIN_SHARE of the last PIN_SLOTS slots
+# (pinned there: its changes are not heard), it re-centres at once rather than waiting for
+# ``adaptive_every``.
+HEADROOM = 0.25
+MIN_SPAN = 0.5
+PIN_SLOTS = 8
+PIN_SHARE = 0.5
+
+
 @dataclass
 class PitchMapper:
     """Applies a Mapping; holds the current range (which moves only when adaptive)."""
@@ -140,6 +152,8 @@ class PitchMapper:
         self._notes = self.mapping.notes
         self._history: list[np.ndarray] = []
         self._seen = 0
+        self._since_change = 0  # slots observed since the range last moved (after the warm-up)
+        self._pinned: list[np.ndarray] = []  # per recent slot, which voices sound an edge note of the register
 
     def pitches(self, norms: np.ndarray) -> np.ndarray:
         """MIDI notes for norms; -1 where a norm is not a positive finite number (silence)."""
@@ -149,27 +163,47 @@ class PitchMapper:
         return pitches_to_velocities(pitches, self.mapping)
 
     def observe(self, norms: np.ndarray) -> tuple[float, float] | None:
-        """Feed a step's norms; returns the new log range when the adaptive range moves."""
+        """Feed a slot's norms (before mapping them); returns the new log range when the adaptive
+        range moves: at the end of the warm-up, then every ``adaptive_every`` slots after the last
+        move, or at once when many values are pinned at an edge (see PIN_SHARE)."""
         if not self.mapping.adaptive:
             return None
         good = norms[np.isfinite(norms) & (norms > 0)]
         if good.size:
             self._history.append(np.log10(good))
+        pitches = self.pitches(norms)
+        self._pinned = [*self._pinned[-(PIN_SLOTS - 1):], (pitches == self._notes[0]) | (pitches == self._notes[-1])]
         self._seen += 1
+        self._since_change += 1
         m = self.mapping
-        due = self._seen == m.adaptive_warmup or (
-            self._seen > m.adaptive_warmup and (self._seen - m.adaptive_warmup) % m.adaptive_every == 0
-        )
-        if not due or not self._history:
+        window = max(m.adaptive_every, m.adaptive_warmup)
+        self._history = self._history[-window:]
+        if self._seen < m.adaptive_warmup or not self._history:
             return None
-        recent = np.concatenate(self._history[-max(m.adaptive_every, m.adaptive_warmup):])
-        self._history = self._history[-max(m.adaptive_every, m.adaptive_warmup):]
-        lo, hi = np.quantile(recent, m.adaptive_quantiles)
-        if hi - lo < 0.5:  # keep at least half a decade so a flat run does not zoom into noise
-            mid = (hi + lo) / 2
-            lo, hi = mid - 0.25, mid + 0.25
-        self.log_range = (float(lo), float(hi))
+        due = self._seen == m.adaptive_warmup or self._since_change >= m.adaptive_every or self._pinned_at_edge()
+        if not due:
+            return None
+        self.log_range = _with_headroom(*np.quantile(np.concatenate(self._history), m.adaptive_quantiles))
+        self._since_change = 0
+        self._pinned = []
         return self.log_range
+
+    def _pinned_at_edge(self) -> bool:
+        """Whether a voice sat on an edge note through most of the last PIN_SLOTS slots (all since the last move)."""
+        if self._since_change < PIN_SLOTS or len(self._pinned) < PIN_SLOTS:
+            return False
+        if len({len(p) for p in self._pinned}) != 1:  # slots of different widths: not one run's voices
+            return False
+        return bool((np.count_nonzero(np.vstack(self._pinned), axis=0) > PIN_SHARE * PIN_SLOTS).any())
+
+
+def _with_headroom(lo: float, hi: float) -> tuple[float, float]:
+    """The quantile range widened by HEADROOM of its span each side, and to at least MIN_SPAN decades
+    (a flat run is not zoomed into its noise)."""
+    span = max(hi - lo, MIN_SPAN / (1 + 2 * HEADROOM))
+    mid = (hi + lo) / 2
+    half = span * (0.5 + HEADROOM)
+    return float(mid - half), float(mid + half)
 
 
 def norms_to_pitches(

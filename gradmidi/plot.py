@@ -29,6 +29,7 @@ class PlotResult:
     voice_labels: list[str] = field(default_factory=list)
     events: list[tuple[int, str]] = field(default_factory=list)  # (step, kind), one per marker drawn
     epochs: list[int] = field(default_factory=list)
+    range_changes: list[int] = field(default_factory=list)  # steps where the adaptive range moved
 
 
 def _thin(x: np.ndarray, y: np.ndarray, max_points: int) -> tuple[np.ndarray, np.ndarray]:
@@ -95,6 +96,12 @@ def plot_score(score: ScoreFile, max_points: int = 2000, title: str | None = Non
             ax.vlines(epochs, 0, 1, transform=ax.get_xaxis_transform(), colors="0.6", linestyles="dashed",
                       linewidth=0.7)
         result.epochs = epochs
+    moves = [score.step_of(slot) for slot, _ in score.ranges[1:]]
+    if moves:  # where the same pitch starts to mean another norm: marked on both axes
+        for ax in (roll, norms_ax):
+            ax.vlines(moves, 0, 1, transform=ax.get_xaxis_transform(), colors="tab:purple", linestyles="dotted",
+                      linewidth=0.9, label=f"range change ({len(moves)})" if ax is roll else None)
+        result.range_changes = moves
     roll.set_ylabel("MIDI note")
     roll.set_ylim(header.mapping.low_note - 2, header.mapping.high_note + 2)
     roll.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)

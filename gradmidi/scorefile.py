@@ -164,6 +164,9 @@ class ScoreFile:
             "events": {kind: kinds.get(kind, 0) for kind in self.header.drums},  # every kind of the file's table
             "first_event_step": first,
             "markers": [[self.step_of(slot), text] for slot, text in self.markers],
+            # the adaptive range's moves: from this step on, these norms span the register
+            "range_changes": [{"step": self.step_of(slot), "norms": [10.0 ** lo, 10.0 ** hi]}
+                              for slot, (lo, hi) in self.ranges[1:]],
             "decodable": self.decodable,
             "changes": list(self.changes),
         }

@@ -72,6 +72,7 @@ class ScoreSession:
         self._fanout = SinkFanout(sinks)
         self.slots = 0
         self.dropped = 0  # steps lost to a full queue
+        self.notes = 0  # voice notes sounded (a score with none is worth a word: see Sonifier.close)
         self.event_counts: Counter[str] = Counter()
         self.events: deque[Event] = deque(maxlen=RECENT_EVENTS)  # the most recent, for summaries
         self._next_step = first_step
@@ -228,6 +229,7 @@ class ScoreSession:
         self.events.extend(slot.events)
         self.event_counts.update(e.kind for e in slot.events)
         self.slots += 1
+        self.notes += int(np.count_nonzero(slot.pitches >= 0))
         self._fanout.emit(slot)
 
     def __repr__(self) -> str:

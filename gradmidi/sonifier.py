@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__, lifecycle
-from .capture import NormCapture, PendingNorms, discover_layers, model_layers
+from .capture import Layer, NormCapture, PendingNorms, model_layers
 from .checks import flag, real, whole
 from .clock import MAX_BPM, Clock
 from .distributed import GradientSyncWatch, layer_class_name, rank_and_world, unwrap
@@ -74,8 +74,8 @@ class Sonifier:
         programs: General MIDI program per voice ({voice, layer or pattern: number or name}); an
             exact name beats a pattern.
         max_voices: at most this many voices (1-15); more layers are grouped.
-        include_frozen: also sound layers whose parameters do not require gradients (an adapted
-            model's frozen base).
+        include_frozen: also voice an adapted model's frozen base. A plain model's frozen layers
+            always have voices: they sound from the step they get gradients (gradual unfreezing).
         adapter_factors: hear an adapter's factors (LoRA's A and B, DoRA's magnitude) as voices of
             their own instead of as the module they adapt.
 
@@ -175,21 +175,19 @@ class Sonifier:
         self.sounding = self.rank == 0 or not rank_zero_only
         self.audio = check_audio(audio, path, soundfont, self.sounding)
         model = unwrap(model)
-        self._model, self._include_frozen = model, include_frozen
+        self._model = model
         everything = model_layers(model)
-        layers = [layer for layer in everything if include_frozen or layer.trainable]
-        # An adapted model is voiced as the model it adapts: its frozen base shapes the voices, silently.
-        planned = everything if any(layer.adapter for layer in everything) else layers
-        if not layers and not include_frozen and any(True for _ in model.parameters()):
+        if not include_frozen and everything and not any(layer.trainable for layer in everything):
             raise GradmidiError("every parameter of the model is frozen (requires_grad=False): nothing will have a "
                                 "gradient to hear; pass include_frozen=True to sound frozen layers anyway")
+        sounds = _sounding(everything, include_frozen)
+        layers = [layer for layer, sounded in zip(everything, sounds, strict=True) if sounded]
         table, assignment = plan_voices(
-            [LayerRecord(layer.shown, layer.class_name, include_frozen or layer.trainable, layer.factor)
-             for layer in planned],
+            [LayerRecord(layer.shown, layer.class_name, sounded, layer.factor)
+             for layer, sounded in zip(everything, sounds, strict=True)],
             voices=voices, programs=programs, max_voices=max_voices, factors=adapter_factors,
         )
-        if planned is not layers:
-            assignment = assignment[[include_frozen or layer.trainable for layer in planned]]
+        assignment = assignment[sounds]
         model_name = layer_class_name(user_model(model))
         self.header = ScoreHeader(
             voices=table, mapping=mapping, clock=clock, title=title or model_name,
@@ -291,7 +289,7 @@ class Sonifier:
     def _rebind_if_rewrapped(self) -> None:
         """fully_shard replaces a module's parameters: if the model was sharded after the
         Sonifier was made, read the new (sharded) parameters of the same layers."""
-        fresh = {layer.name: layer for layer in discover_layers(self._model, include_frozen=self._include_frozen)}
+        fresh = {layer.name: layer for layer in model_layers(self._model)}
         rebound = [replace(layer, params=fresh[layer.name].params) if layer.name in fresh else layer
                    for layer in self.layers]
         if [list(map(id, layer.params)) for layer in rebound] != [list(map(id, layer.params)) for layer in self.layers]:
@@ -364,6 +362,10 @@ class Sonifier:
             return
         self._session.close()
         self._capture.release()
+        if self._session.notes == 0 and self._session.sinks:
+            warnings.warn(f"gradmidi: the score holds no notes ({self._steps} steps sounded): call son.step() after "
+                          "loss.backward() in each training step (and before optimizer.zero_grad())", UserWarning,
+                          stacklevel=2)
         lifecycle.forget(self)
         lifecycle.exit_if_pending()
 
@@ -410,6 +412,15 @@ class CapturedStep:
                               stacklevel=1)
         skipped = self._scaling and not bool(np.all(np.isfinite(norms[present])))
         return StepRecord(self.step, norms, present, loss, skipped)
+
+
+def _sounding(layers: list[Layer], include_frozen: bool) -> list[bool]:
+    """Which layers are captured and voiced. Every layer of a plain model, frozen ones too: a layer
+    frozen now may be unfrozen later (gradual unfreezing), and it sounds from the step it gets a
+    gradient (until then it has none, so it is silent). An adapted model's frozen base is never
+    trained: it shapes the voices, silently, unless ``include_frozen``."""
+    adapted = any(layer.adapter for layer in layers)
+    return [include_frozen or layer.trainable or not adapted for layer in layers]
 
 
 def _strict_json(values: dict) -> dict:
