@@ -232,8 +232,12 @@ def test_every_sonifier_option_is_in_its_signature_and_its_help():
 
 
 def test_reprs_say_what_a_sonifier_and_a_score_are(tmp_path):
-    with gradmidi.Sonifier(nn.Linear(2, 2), tmp_path / "r.mid", title="tiny") as son:
+    model = nn.Linear(2, 2)
+    with gradmidi.Sonifier(model, tmp_path / "r.mid", title="tiny") as son:
         assert repr(son).startswith("<Sonifier 'tiny': 1 voice, 120 bpm, step 0, to midi file")
+        model(torch.ones(1, 2)).sum().backward()
+        son.step()
+    assert repr(son).startswith("<Sonifier 'tiny': 1 voice, 120 bpm, closed, to")
     score = gradmidi.read_score(tmp_path / "r.mid")
     assert "tiny" in repr(score) and "1 voice" in repr(score) and len(repr(score)) < 200
 
