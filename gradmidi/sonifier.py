@@ -147,27 +147,11 @@ class Sonifier:
         _check_options(locals())
         if path is not None and not isinstance(path, (str, os.PathLike)):
             raise GradmidiError(f"path must be a .mid file name (a str or os.PathLike) or None, not {path!r}")
-        given = Mapping(scale=scale, key=key, low_note=low_note, high_note=high_note, norm_range=norm_range,
-                        velocity=velocity, adaptive=adaptive, adaptive_warmup=adaptive_warmup,
-                        adaptive_every=adaptive_every, adaptive_quantiles=adaptive_quantiles)
-        if mapping is not None and given != Mapping():
-            raise GradmidiError("give either mapping= or mapping options, not both")
-        mapping = mapping or given
-        if duration is not None:
-            if not total_steps:
-                raise GradmidiError("duration= needs total_steps= (how many steps the run will take)")
-            if bpm is not None:
-                raise GradmidiError(f"bpm={bpm!r} and duration={duration!r} both set the tempo: give one of them")
-            clock = Clock.for_duration(duration, total_steps, slot_beats=slot_beats, every=every, arpeggio=arpeggio,
-                                       gate=gate)
-            if every != 1 and clock.every != every:
-                warnings.warn(f"gradmidi: every={every} raised to {clock.every} to fit total_steps={total_steps} "
-                              f"into duration={duration:g} s (at most {MAX_BPM:g} bpm)", UserWarning, stacklevel=2)
-        else:
-            if total_steps is not None:
-                raise GradmidiError("total_steps= is only used with duration= (to fit the run into that time)")
-            clock = Clock(bpm=Clock.bpm if bpm is None else bpm, slot_beats=slot_beats, every=every,
-                          arpeggio=arpeggio, gate=gate)
+        mapping = _mapping_of(mapping, Mapping(
+            scale=scale, key=key, low_note=low_note, high_note=high_note, norm_range=norm_range, velocity=velocity,
+            adaptive=adaptive, adaptive_warmup=adaptive_warmup, adaptive_every=adaptive_every,
+            adaptive_quantiles=adaptive_quantiles))
+        clock = _clock_of(bpm, duration, total_steps, slot_beats=slot_beats, every=every, arpeggio=arpeggio, gate=gate)
         user_sinks = check_user_sinks(sinks)
 
         self.rank, world = rank_and_world()
@@ -176,18 +160,8 @@ class Sonifier:
         self.audio = check_audio(audio, path, soundfont, self.sounding)
         model = unwrap(model)
         self._model = model
-        everything = model_layers(model)
-        if not include_frozen and everything and not any(layer.trainable for layer in everything):
-            raise GradmidiError("every parameter of the model is frozen (requires_grad=False): nothing will have a "
-                                "gradient to hear; pass include_frozen=True to sound frozen layers anyway")
-        sounds = _sounding(everything, include_frozen)
-        layers = [layer for layer, sounded in zip(everything, sounds, strict=True) if sounded]
-        table, assignment = plan_voices(
-            [LayerRecord(layer.shown, layer.class_name, sounded, layer.factor)
-             for layer, sounded in zip(everything, sounds, strict=True)],
-            voices=voices, programs=programs, max_voices=max_voices, factors=adapter_factors,
-        )
-        assignment = assignment[sounds]
+        layers, table, assignment = _voice_plan(model, include_frozen, voices=voices, programs=programs,
+                                                max_voices=max_voices, factors=adapter_factors)
         model_name = layer_class_name(user_model(model))
         self.header = ScoreHeader(
             voices=table, mapping=mapping, clock=clock, title=title or model_name,
@@ -412,6 +386,46 @@ class CapturedStep:
                               stacklevel=1)
         skipped = self._scaling and not bool(np.all(np.isfinite(norms[present])))
         return StepRecord(self.step, norms, present, loss, skipped)
+
+
+def _mapping_of(mapping: Mapping | None, given: Mapping) -> Mapping:
+    """``mapping=``, or the one the mapping options make; not both."""
+    if mapping is not None and given != Mapping():
+        raise GradmidiError("give either mapping= or mapping options, not both")
+    return mapping or given
+
+
+def _clock_of(bpm: float | None, duration: float | None, total_steps: int | None, *, every: int,
+              **options: Any) -> Clock:
+    """The tempo given, or the one that fits ``total_steps`` into ``duration`` seconds (then ``every``
+    may have to rise: said in a warning)."""
+    if duration is None:
+        if total_steps is not None:
+            raise GradmidiError("total_steps= is only used with duration= (to fit the run into that time)")
+        return Clock(bpm=Clock.bpm if bpm is None else bpm, every=every, **options)
+    if not total_steps:
+        raise GradmidiError("duration= needs total_steps= (how many steps the run will take)")
+    if bpm is not None:
+        raise GradmidiError(f"bpm={bpm!r} and duration={duration!r} both set the tempo: give one of them")
+    clock = Clock.for_duration(duration, total_steps, every=every, **options)
+    if every != 1 and clock.every != every:
+        warnings.warn(f"gradmidi: every={every} raised to {clock.every} to fit total_steps={total_steps} "
+                      f"into duration={duration:g} s (at most {MAX_BPM:g} bpm)", UserWarning, stacklevel=3)
+    return clock
+
+
+def _voice_plan(model: Any, include_frozen: bool, **planning: Any) -> tuple[list[Layer], tuple, np.ndarray]:
+    """(the layers captured, the voice table, each captured layer's voice)."""
+    everything = model_layers(model)
+    if not include_frozen and everything and not any(layer.trainable for layer in everything):
+        raise GradmidiError("every parameter of the model is frozen (requires_grad=False): nothing will have a "
+                            "gradient to hear; pass include_frozen=True to sound frozen layers anyway")
+    sounds = _sounding(everything, include_frozen)
+    table, assignment = plan_voices(
+        [LayerRecord(layer.shown, layer.class_name, sounded, layer.factor)
+         for layer, sounded in zip(everything, sounds, strict=True)], **planning)
+    layers = [layer for layer, sounded in zip(everything, sounds, strict=True) if sounded]
+    return layers, table, assignment[sounds]
 
 
 def _sounding(layers: list[Layer], include_frozen: bool) -> list[bool]:
