@@ -237,6 +237,9 @@ def test_a_score_of_0_1_0_reads_exactly_as_0_1_0_read_it(tmp_path):
     # Keys added since 0.1.0 say the file is unedited; the rest is exactly what 0.1.0 showed.
     assert summary.pop("decodable") is True and summary.pop("changes") == []
     assert [voice.pop("undecoded") for voice in summary["voices"]] == [0] * len(summary["voices"])
+    score = gradmidi.read_score(mid)  # the fixture's adaptive range moved: listed now, as read from the file
+    assert summary.pop("range_changes") == [{"step": score.step_of(slot), "norms": [10**lo, 10**hi]}
+                                            for slot, (lo, hi) in score.ranges[1:]]
     assert summary == json.loads((FIXTURES / "score-0.1.0.json").read_text())
     header = gradmidi.read_score(mid).header
     assert header.drums == LEGACY_DRUMS and header.epoch_downbeat is False  # format 1 recorded neither
