@@ -29,6 +29,8 @@ SUITE = {
     "capture": (["bench_capture.py"], ["bench_capture.py", "--reps", "60", "--rounds", "3"], None),
     "step": (["bench_step.py"], ["bench_step.py", "--steps", "60", "--rounds", "3"], None),
     "write": (["bench_write.py"], ["bench_write.py", "--sizes", "10000", "1000000", "--anchors-up-to", "10000"], None),
+    "read": (["bench_read.py"], ["bench_read.py", "--sizes", "10000x16", "100000x16", "--anchors-up-to", "10000"],
+             None),
     "render": (["bench_render.py"], ["bench_render.py", "--steps", "1000", "--rounds", "1"], "fluidsynth"),
     "live": (["bench_live.py", "--minutes", "3"], ["bench_live.py", "--minutes", "0.5"], "jackd"),
     "distributed": (["bench_distributed.py"], ["bench_distributed.py", "--steps", "40", "--rounds", "2"], None),

@@ -242,12 +242,7 @@ def decode(file: Path, out: Path | None) -> None:
 
     score = read_score(file)
     if out is None or str(out) == "-":
-        import csv
-
-        writer = csv.writer(sys.stdout)
-        writer.writerow(["step", "voice", "norm"])
-        for step, name, norm in score.decode():
-            writer.writerow([step, name, f"{norm:.6g}"])
+        score.write_csv(sys.stdout)
         return
     if out.exists() and out.resolve() == Path(file).resolve():
         raise GradmidiError(f"{out}: refusing to overwrite the score being decoded")

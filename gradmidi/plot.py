@@ -17,7 +17,6 @@ import numpy as np
 from .errors import GradmidiError
 from .events import colour_of
 from .instruments import GM_PROGRAMS
-from .mapping import pitches_to_norms
 from .scorefile import ScoreFile, read_score
 
 
@@ -64,23 +63,20 @@ def plot_score(score: ScoreFile, max_points: int = 2000, title: str | None = Non
     palette = colormaps["tab20"]
     result = PlotResult(fig)
     for voice in header.voices:
-        notes = score.notes.get(voice.index, [])
+        notes = score.notes.get(voice.index)
         colour = palette(_PALETTE_ORDER[voice.index % 20])
         label = f"{voice.name} ({GM_PROGRAMS[voice.program]})"
         result.voice_labels.append(label)
         if not notes:  # a silent voice is still one of the score's voices: listed, marked silent
             roll.scatter([], [], s=6, marker="s", color=colour, label=f"{label}, silent", linewidths=0)
             continue
-        slots = np.array([n[0] for n in notes])
-        pitches = np.array([n[1] for n in notes], dtype=float)
-        steps = np.array([score.step_of(s) for s in slots])
-        x, y = _thin(steps, pitches, max_points)
+        slots, pitches = notes.slots, notes.pitches
+        steps = score.steps_of(slots)
+        x, y = _thin(steps, pitches.astype(float), max_points)
         roll.scatter(x, y, s=6, marker="s", color=colour, label=label, linewidths=0)
         if not score.decodable:  # no mapping (no gradmidi header): the norms are not known, so not drawn
             continue
-        values = np.array([float(pitches_to_norms(np.array([p]), score.log_range_at(s), header.mapping)[0])
-                           for s, p in zip(slots, pitches, strict=True)])
-        x, y = _thin(steps, values, max_points)
+        x, y = _thin(steps, score.norms_of(slots, pitches), max_points)
         norms_ax.plot(*_break_at_gaps(x, y, _gap(steps, score.clock.every, max_points)), color=colour,
                       linewidth=0.8)
     by_kind: dict[str, list[int]] = {}
@@ -127,14 +123,15 @@ def _break_at_gaps(x: np.ndarray, y: np.ndarray, gap: float) -> tuple[np.ndarray
     return np.insert(x.astype(float), at, np.nan), np.insert(y, at, np.nan)
 
 
-def plot(score_path: str | os.PathLike, out: str | os.PathLike, max_points: int = 2000,
+def plot(score_path: str | os.PathLike | ScoreFile, out: str | os.PathLike, max_points: int = 2000,
          dpi: int = 110) -> PlotResult:
-    """Draws a score to a PNG (or SVG/PDF by suffix)."""
+    """Draws a score (a path, or a score already read) to a PNG (or SVG/PDF by suffix)."""
     out = Path(out)
     if out.suffix.lower() not in (".png", ".svg", ".pdf"):
         raise GradmidiError(f"{out}: plots are written as .png, .svg or .pdf")
     if not out.parent.exists():
         raise GradmidiError(f"{out.parent}: no such folder for the plot")
-    result = plot_score(read_score(score_path), max_points)
+    score = score_path if isinstance(score_path, ScoreFile) else read_score(score_path)
+    result = plot_score(score, max_points)
     result.figure.savefig(out, dpi=dpi)
     return result

@@ -73,7 +73,7 @@ def build_report(
         name = _slug(path, taken)
         if progress:
             progress(name)
-        plot(path, out / f"{name}.png")
+        plot(score, out / f"{name}.png")
         audio_file, audio_problem = None, problem
         if problem is None:
             try:
@@ -178,5 +178,6 @@ def _layers(layers: tuple[str, ...]) -> str:
 
 
 def _pitch_range(score: ScoreFile, voice: int) -> str:
-    pitches = [p for _, p, _ in score.notes.get(voice, [])]
-    return f"{min(pitches)}-{max(pitches)}" if pitches else "-"
+    notes = score.notes.get(voice)
+    pitch_range = notes.pitch_range() if notes is not None else None
+    return f"{pitch_range[0]}-{pitch_range[1]}" if pitch_range else "-"

@@ -8,20 +8,20 @@ saying what changed; plain MIDI (no header) reads as voices from its tracks, wit
 from __future__ import annotations
 
 import bisect
-import csv
 import operator
 import os
 import struct
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from typing import IO, TYPE_CHECKING, Union
 
 import numpy as np
 
 from .checks import pair, real, whole
 from .clock import MAX_BPM, MIN_BPM, Clock
 from .errors import GradmidiError
+from .fastread import read_written
 from .instruments import DRUM_CHANNEL, GM_PROGRAMS
 from .mapping import Mapping, pitches_to_norms, pitches_to_velocities
 from .score import ScoreHeader, Voice
@@ -37,6 +37,7 @@ from .smf import (
     tempo_map,
     ticks_to_seconds,
 )
+from .voicenotes import VoiceNotes
 
 if TYPE_CHECKING:
     import mido
@@ -55,7 +56,7 @@ class ScoreFile:
 
     path: Path | None
     header: ScoreHeader
-    notes: dict[int, list[tuple[int, int, int]]] = field(default_factory=dict)  # voice -> (slot, pitch, velocity)
+    notes: dict[int, VoiceNotes] = field(default_factory=dict)  # voice -> its (slot, pitch, velocity) columns
     drums: list[tuple[int, str]] = field(default_factory=list)  # (slot, kind)
     markers: list[tuple[int, str]] = field(default_factory=list)  # (slot, text)
     ranges: list[tuple[int, tuple[float, float]]] = field(default_factory=list)  # (from slot, log range)
@@ -67,7 +68,7 @@ class ScoreFile:
     seconds: float | None = None  # the length as the file now plays, when its tempo was changed
     bpm: float | None = None  # the tempo it starts at then
     label: str = ""  # the path, or what stood for it (<bytes>, <mido.MidiFile>), for messages
-    data: bytes = field(default=b"", repr=False)  # the file's bytes: to_mido() gives them back whole
+    data: bytes = field(default=b"", repr=False)  # the file's bytes (to_mido), when read whole; else read again
 
     def __repr__(self) -> str:
         voices = len(self.header.voices)
@@ -110,40 +111,79 @@ class ScoreFile:
         i = bisect.bisect_right(starts, slot) - 1
         return self.ranges[i][1]
 
-    def decode(self) -> list[tuple[int, str, float]]:
-        """(step, voice name, norm) for every sounded note, in step then voice order (notes an editor
-        moved or transposed are left out: see ``undecoded``)."""
+    def steps_of(self, slots: np.ndarray) -> np.ndarray:
+        return int(self.header.info.get("first_step", 0)) + np.asarray(slots, dtype=np.int64) * self.clock.every
+
+    def norms_of(self, slots: np.ndarray, pitches: np.ndarray) -> np.ndarray:
+        """The decoded norms of notes (slot and pitch arrays, slots sorted), each by the range in force."""
+        norms = np.empty(len(slots), dtype=np.float64)
+        starts = [s for s, _ in self.ranges]
+        bounds = np.searchsorted(slots, starts[1:])  # where each later range takes over
+        for (lo, hi), log_range in zip(zip([0, *bounds], [*bounds, len(slots)], strict=True),
+                                       (r for _, r in self.ranges), strict=True):
+            norms[lo:hi] = pitches_to_norms(pitches[lo:hi], log_range, self.header.mapping)
+        return norms
+
+    def _require_decodable(self) -> None:
         if not self.decodable:
             raise GradmidiError(f"{self.label}: no gradmidi header, so no norms can be decoded (the mapping "
                                 "from norms to notes travels in the header)")
-        rows = []
-        mapping = self.header.mapping
-        for voice in self.header.voices:
-            for slot, pitch, _ in self.notes.get(voice.index, []):
-                norm = float(pitches_to_norms(np.array([pitch]), self.log_range_at(slot), mapping)[0])
-                rows.append((self.step_of(slot), voice.index, voice.name, norm))
-        rows.sort(key=lambda r: (r[0], r[1]))
-        return [(step, name, norm) for step, _, name, norm in rows]
 
-    def write_csv(self, out: str | os.PathLike) -> int:
-        rows = self.decode()
-        with open(out, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["step", "voice", "norm"])
-            for step, name, norm in rows:
-                writer.writerow([step, name, f"{norm:.6g}"])
-        return len(rows)
+    def decoded_blocks(self, block_slots: int = 1 << 13):
+        """(steps, voice indices, norms) arrays for every sounded note, in step then voice order, a block
+        of slots at a time: a score of any length is decoded with a bounded amount of memory."""
+        self._require_decodable()
+        voices = [v.index for v in self.header.voices if len(self.notes.get(v.index, ()))]
+        for first in range(0, self.last_slot + 1, block_slots):
+            parts = [(*self.notes[v].window(first, first + block_slots), v) for v in voices]
+            slots = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
+            if not len(slots):
+                continue
+            pitches = np.concatenate([p[1] for p in parts])
+            which = np.concatenate([np.full(len(p[0]), p[2], dtype=np.int64) for p in parts])
+            order = np.lexsort((which, slots))
+            slots, pitches, which = slots[order], pitches[order], which[order]
+            yield self.steps_of(slots), which, self.norms_of(slots, pitches)
+
+    def decode(self) -> list[tuple[int, str, float]]:
+        """(step, voice name, norm) for every sounded note, in step then voice order (notes an editor
+        moved or transposed are left out: see ``undecoded``)."""
+        names = [v.name for v in self.header.voices]
+        return [(step, names[voice], norm) for steps, which, norms in self.decoded_blocks()
+                for step, voice, norm in zip(steps.tolist(), which.tolist(), norms.tolist(), strict=True)]
+
+    def write_csv(self, out: str | os.PathLike | IO[str]) -> int:
+        """step, voice, norm rows (norms to 6 significant digits) to a file or an open text stream."""
+        self._require_decodable()  # before a file is opened: an existing one is not emptied for nothing
+        if isinstance(out, (str, os.PathLike)):
+            with open(out, "w", newline="") as f:
+                return self.write_csv(f)
+        names = [_csv_field(v.name) for v in self.header.voices]
+        out.write("step,voice,norm\r\n")  # csv's own line ending, as before
+        rows = 0
+        for steps, which, norms in self.decoded_blocks():
+            # A block holds few distinct (voice, norm) pairs (a norm is one of the scale's notes):
+            # each pair's text is made once, and a row is its step and that text.
+            values, value_of = np.unique(norms, return_inverse=True)
+            pairs, pair_of = np.unique(which * len(values) + value_of.ravel(), return_inverse=True)
+            tails = [f",{names[pair // len(values)]},{values[pair % len(values)]:.6g}\r\n"
+                     for pair in pairs.tolist()]
+            rows_text = map(operator.add, map(str, steps.tolist()), map(tails.__getitem__, pair_of.ravel().tolist()))
+            out.write("".join(rows_text))
+            rows += len(steps)
+        return rows
 
     def summary(self) -> dict:
         """What ``gradmidi inspect`` shows: voices, pitch ranges, steps, events."""
         voices = []
         for v in self.header.voices:
-            pitches = [p for _, p, _ in self.notes.get(v.index, [])]
+            notes = self.notes.get(v.index, _NO_NOTES)
+            pitch_range = notes.pitch_range()
             voices.append({
                 "name": v.name, "channel": v.channel + 1, "program": v.program,
                 "instrument": GM_PROGRAMS[v.program], "kind": v.kind, "layers": len(v.layers),
-                "notes": len(pitches), "undecoded": self.undecoded.get(v.index, 0),
-                "pitch_range": [min(pitches), max(pitches)] if pitches else None,
+                "notes": len(notes), "undecoded": self.undecoded.get(v.index, 0),
+                "pitch_range": list(pitch_range) if pitch_range else None,
             })
         kinds = Counter(kind for _, kind in self.drums)
         first: dict[str, int] = {}
@@ -172,6 +212,14 @@ class ScoreFile:
         }
 
 
+_NO_NOTES = VoiceNotes.from_tuples([])
+
+
+def _csv_field(text: str) -> str:
+    """A CSV field as the csv module writes it: quoted when it holds a comma, a quote or a line break."""
+    return f'"{text.replace(chr(34), chr(34) * 2)}"' if any(c in text for c in ',"\r\n') else text
+
+
 ScoreSource = Union[str, os.PathLike, bytes, bytearray, "mido.MidiFile"]
 
 
@@ -198,6 +246,15 @@ def read_score(source: ScoreSource) -> ScoreFile:
     is listed in ``changes``, never guessed); any other MIDI file reads as plain MIDI: voices from
     its tracks' names and programs, and no norms. One-line GradmidiError for anything unreadable.
     """
+    if isinstance(source, (str, os.PathLike)):
+        _check_file(Path(source))
+        written = read_written(Path(source))  # a file exactly as gradmidi wrote it: decoded in numpy blocks
+        if written is not None:
+            skeleton, division, notes = written
+            score = score_from_tracks(source, skeleton, division, label=str(source))
+            score.notes = notes
+            score.last_slot = max([score.last_slot, *(int(n.slots[-1]) for n in notes.values())])
+            return score
     label, path, data = _source_bytes(source)
     tracks, division = parse_tracks(label, data)
     return score_from_tracks(path, tracks, division, data, label=label)
@@ -217,14 +274,17 @@ def _source_bytes(source: ScoreSource) -> tuple[str, Path | None, bytes]:
 
 
 def _file_bytes(path: Path) -> bytes:
+    _check_file(path)
+    return path.read_bytes()
+
+
+def _check_file(path: Path) -> None:
     if not path.exists():
         raise GradmidiError(f"{path}: no such file")
     if path.is_dir():
         raise GradmidiError(f"{path}: is a folder, not a MIDI file")
-    data = path.read_bytes()
-    if not data:
+    if not path.stat().st_size:
         raise GradmidiError(f"{path}: an empty file, not a MIDI file (a run that never wrote its score?)")
-    return data
 
 
 def score_from_tracks(path: str | os.PathLike | None, tracks: list[list[tuple[int, bytes]]], division: int,
@@ -360,7 +420,8 @@ class _EditedScoreReader:
         self._say_moved(moved, off_scale, suspect, moved_drums)
         self._say_timing()
         undecoded = dict(moved + off_scale + suspect)
-        score = ScoreFile(None, header, dict(notes), drums, markers, ranges, last_slot, changes=self.changes,
+        columns = {voice: VoiceNotes.from_tuples(entries) for voice, entries in notes.items()}
+        score = ScoreFile(None, header, columns, drums, markers, ranges, last_slot, changes=self.changes,
                           undecoded=undecoded, voice_channels=present)
         if self.retimed:
             score.seconds, score.bpm = self._played_length(last_slot)
@@ -488,7 +549,7 @@ def _plain_midi(label: str, tracks, division: int) -> ScoreFile:
         entries.sort()
     markers.sort(key=lambda m: m[0])
     lo, hi = header.mapping.norm_range
-    score = ScoreFile(None, header, {v.index: notes[v.channel] for v in table}, [], markers,
+    score = ScoreFile(None, header, {v.index: VoiceNotes.from_tuples(notes[v.channel]) for v in table}, [], markers,
                       [(0, (float(np.log10(lo)), float(np.log10(hi))))], last_slot, changes=changes, decodable=False,
                       voice_channels={v.index: v.channel for v in table})
     score.seconds = float(ticks_to_seconds([(last_slot + 1) * clock.slot_ticks * division // ticks_per_beat],
