@@ -38,6 +38,10 @@ class ScoreBuilder:
         self.first_step = first_step
         self.detector = Detector([v.name for v in header.voices], spikes)
         self.mapper = PitchMapper(header.mapping)
+        resumed = header.info.get("resumed")
+        if isinstance(resumed, dict):  # a resumed run goes on in the range its score was in
+            lo, hi = resumed["log_range"]
+            self.mapper.log_range = (float(lo), float(hi))
         self._slot: int | None = None
         self._rows: list[np.ndarray] = []
         self._present: list[np.ndarray] = []

@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Mapping as MappingABC
 from collections.abc import Sequence
 from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -95,6 +96,13 @@ class Sonifier:
         sinks: your own ``gradmidi.Sink`` objects, which receive every slot.
         flush_interval: seconds between rewrites of the .mid file.
 
+        resume: continue the score already at ``path`` (same voices, mapping and tempo) instead of
+            starting a new one: what it holds from ``start_step`` on (steps sounded after the
+            checkpoint being resumed, then lost) is dropped, a marker "resumed at step N" is written,
+            and the new steps follow. Without ``start_step``, after the score's last step.
+        start_step: the step training resumes at (the checkpoint's step); also the first step's
+            number in a new score.
+
         queue_size: steps the hand-over holds before dropping (and counting) steps.
         rank_zero_only: under torch.distributed, only global rank 0 sounds.
     """
@@ -141,6 +149,8 @@ class Sonifier:
         soundfont: str | os.PathLike | None = None,
         sinks: Sequence[Sink] | None = None,
         flush_interval: float = 2.0,
+        resume: bool = False,
+        start_step: int | None = None,
         queue_size: int = 4096,
         rank_zero_only: bool = True,
     ) -> None:
@@ -188,16 +198,49 @@ class Sonifier:
         self._heard_any = False  # the first step sounded has been looked at (for a missing backward)
         self.server: Sink | None = None
         self._session: ScoreSession | None = None
+        keep = None
+        if start_step is not None:
+            self._steps = self.header.info["first_step"] = start_step
+        if resume and path is not None and Path(path).exists():
+            keep = self._resume(Path(path), start_step)
         if not self.sounding:
             self._in_flight: deque[PendingNorms] = deque()  # this rank's unfinished all-reduces (FSDP2)
             return
         built = build_sinks(path=path, live=live, serve=serve, serve_public=serve_public, serve_token=serve_token,
                             audio=self.audio, soundfont=soundfont, midi_api=midi_api, live_latency=live_latency,
-                            flush_interval=flush_interval, sinks=user_sinks)
+                            flush_interval=flush_interval, keep=keep, sinks=user_sinks)
         self.server = built.server
         self._session = ScoreSession(self.header, built.sinks, assignment=assignment, aggregate=aggregate,
                                      spikes=spikes, threaded=True, queue_size=queue_size)
         lifecycle.watch(self)
+        if keep is not None:
+            self.marker(f"resumed at step {self._steps}")
+
+    def _resume(self, path: Path, start_step: int | None) -> tuple[list[list[tuple[int, bytes]]], int]:
+        """Takes the earlier score at ``path`` as this run's beginning: checks it is the same music,
+        sets the step to go on from; returns its tracks and the tick the new steps start at."""
+        from .scorefile import load_tracks, read_score
+
+        earlier = read_score(path)
+        if not earlier.decodable:
+            raise GradmidiError(f"resume=True: {path} is not a gradmidi score to continue")
+        header = self.header
+        for what, ours, theirs in (("voices", header.voices, earlier.header.voices),
+                                   ("mapping", header.mapping, earlier.header.mapping),
+                                   ("clock", header.clock, earlier.header.clock)):
+            if ours != theirs:
+                raise GradmidiError(f"resume=True: {path} has other {what} than this run "
+                                    f"({_difference(ours, theirs)}); give the same options, or another path")
+        first = int(earlier.header.info.get("first_step", 0))
+        step = earlier.summary()["steps"] + first if start_step is None else start_step
+        if step < first:
+            raise GradmidiError(f"start_step={step} is before {path}'s first step ({first})")
+        clock = header.clock
+        slot = clock.slot_of(step - first)
+        header.info.update(first_step=first, resumed={"step": step, "log_range": list(earlier.log_range_at(
+            max(slot - 1, 0)))})
+        self._steps = step  # the slot it falls in starts anew (the file keeps the slots before it)
+        return load_tracks(path)[0], clock.tick_of(slot)
 
     # -- training thread ------------------------------------------------------------
     def step(self, loss=None, scaler=None, optimizer=None) -> None:
@@ -388,6 +431,18 @@ class CapturedStep:
         return StepRecord(self.step, norms, present, loss, skipped)
 
 
+def _difference(ours: Any, theirs: Any) -> str:
+    """The first field two records differ in, said as 'name: this run's, the score's'."""
+    if isinstance(ours, tuple):
+        if len(ours) != len(theirs):
+            return f"{len(ours)} against {len(theirs)}"
+        return next(_difference(a, b) for a, b in zip(ours, theirs, strict=True) if a != b)
+    for name in getattr(ours, "__dataclass_fields__", {}):
+        if getattr(ours, name) != getattr(theirs, name):
+            return f"{name}: {getattr(ours, name)!r} here, {getattr(theirs, name)!r} in the score"
+    return "they differ"
+
+
 def _mapping_of(mapping: Mapping | None, given: Mapping) -> Mapping:
     """``mapping=``, or the one the mapping options make; not both."""
     if mapping is not None and given != Mapping():
@@ -453,6 +508,9 @@ def _check_options(given: dict) -> None:
     real("live_latency", given["live_latency"], 0, 60, low_open=True)
     for name in ("epoch_downbeat", "include_frozen", "adapter_factors", "rank_zero_only", "serve_public"):
         flag(name, given[name])
+    flag("resume", given["resume"])
+    if given["start_step"] is not None:
+        whole("start_step", given["start_step"], 0, 2**53)
     if given["aggregate"] not in AGGREGATES:
         raise GradmidiError(f"aggregate must be one of {', '.join(AGGREGATES)}, not {given['aggregate']!r}")
     if given["duration"] is not None:

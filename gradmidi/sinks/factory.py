@@ -42,13 +42,15 @@ def build_sinks(
     midi_api: str | None = None,
     live_latency: float = 0.5,
     flush_interval: float = 2.0,
+    keep: tuple[list[list[tuple[int, bytes]]], int] | None = None,
     sinks: Sequence[Sink] = (),
 ) -> Sinks:
     """Every sink the options ask for. Cheap checks and binding come first, ports open last, so a
-    refused option leaves nothing open. ``audio`` must already have passed ``check_audio``."""
+    refused option leaves nothing open. ``audio`` must already have passed ``check_audio``; ``keep``:
+    what the .mid keeps of an earlier score (a resumed run)."""
     from .midifile import MidiFileSink
 
-    file = MidiFileSink(path, flush_interval) if path is not None else None
+    file = MidiFileSink(path, flush_interval, keep) if path is not None else None
     built = Sinks(server=_serve_sink(serve, serve_public, serve_token))  # binds: refuses a bad address early
     try:
         built.sinks += _live_sinks(live, midi_api, soundfont, live_latency)  # opens ports: after the checks

@@ -25,7 +25,17 @@ import numpy as np
 from ..errors import GradmidiError
 from ..notes import Arrangement, Notes
 from ..score import ScoreHeader, Slot
-from ..smf import HEADER_TAG, RANGE_TAG, SEQUENCER_ID, TrackSpool, json_meta, meta, text_meta, write_file
+from ..smf import (
+    HEADER_TAG,
+    RANGE_TAG,
+    SEQUENCER_ID,
+    TrackSpool,
+    json_meta,
+    meta,
+    parse_json_meta,
+    text_meta,
+    write_file,
+)
 from .base import Sink
 
 BLOCK_SLOTS = 4096  # slots of notes held before they are encoded into the track spools
@@ -43,8 +53,12 @@ _WRITING: weakref.WeakValueDictionary[Path, MidiFileSink] = weakref.WeakValueDic
 class MidiFileSink(Sink):
     name = "midi file"
 
-    def __init__(self, path: str | os.PathLike, flush_interval: float = 2.0) -> None:
+    def __init__(self, path: str | os.PathLike, flush_interval: float = 2.0,
+                 keep: tuple[list[list[tuple[int, bytes]]], int] | None = None) -> None:
+        """``keep``: (an earlier score's tracks, a tick): a resumed run keeps what that score holds before
+        the tick (its notes, drums, markers and range changes) and continues after it."""
         self.path = Path(path)
+        self._keep = keep
         problem = score_name_problem(self.path)
         if problem:
             raise GradmidiError(f"{self.path}: {problem}")
@@ -92,11 +106,37 @@ class MidiFileSink(Sink):
         drums = TrackSpool()
         drums.add(0, text_meta(0x03, "events"))
         self._tracks.append(drums)
+        if self._keep is not None:
+            self._keep_earlier(*self._keep)
         self._n_voices = len(header.voices)
         self._slot_ticks = self.clock.slot_ticks
         self._dirty = True
         self._last_flush = time.monotonic()
         self.flush()
+
+    def _keep_earlier(self, tracks: list[list[tuple[int, bytes]]], until: int) -> None:
+        """The earlier score's events before ``until`` (and the note-offs of its notes), after this
+        score's own opening (names, programs, the header): the old opening is not kept."""
+        for spool, events in zip(self._tracks, tracks, strict=True):
+            sounding: set[tuple[int, int]] = set()
+            for tick, event in events:
+                status = event[0]
+                if status & 0xF0 == 0x90 and event[2]:
+                    if tick < until:
+                        sounding.add((status, event[1]))
+                        spool.add(tick, event)
+                elif status & 0xF0 in (0x80, 0x90):
+                    if (0x90 | (status & 0x0F), event[1]) in sounding:
+                        sounding.discard((0x90 | (status & 0x0F), event[1]))
+                        spool.add(tick, event)
+                elif tick < until and (event[:2] == b"\xff\x06" or _is_range_change(event)):
+                    spool.add(tick, event)
+                    if _is_range_change(event):
+                        record = parse_json_meta(_meta_data(event))
+                        if record is not None:
+                            lo, hi = record[1]["log_range"]
+                            self._range = (float(lo), float(hi))
+        self._end_tick = until  # the kept part ends with the slot before the resumed step
 
     def emit(self, slot: Slot) -> None:
         start = slot.index * self._slot_ticks
@@ -195,6 +235,18 @@ def score_name_problem(path: Path) -> str | None:
     if holds is None:
         return None
     return f"a {path.suffix} name promises {holds}, but this is a MIDI score: name it .mid"
+
+
+def _is_range_change(event: bytes) -> bool:
+    return event[:2] == b"\xff\x7f" and (SEQUENCER_ID + RANGE_TAG + b"\x00") in event[:24]
+
+
+def _meta_data(event: bytes) -> bytes:
+    """The data of a whole meta event (FF type varlen data)."""
+    pos = 2
+    while event[pos] & 0x80:
+        pos += 1
+    return event[pos + 1:]
 
 
 def _check_writable(path: Path) -> None:
