@@ -187,13 +187,7 @@ def _latin1(name: str) -> str:
 
 
 def _data(score: ScoreFile) -> bytes:
-    if score.data:
-        return score.data
-    if score.path is not None:  # read in blocks, never held whole: the file is read again
-        from .scorefile import _file_bytes
-
-        return _file_bytes(score.path)
-    raise GradmidiError("this ScoreFile holds no file bytes: read it with gradmidi.read_score")
+    return score.midi_bytes()
 
 
 def _text(event: bytes) -> str:

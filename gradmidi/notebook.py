@@ -75,17 +75,19 @@ def _audio_html(score: ScoreFile, seconds: float, soundfont: str | os.PathLike |
         where = f"'{score.path.name}'" if score.path is not None else "score"
         return said(f"the run plays {seconds / 60:.1f} min, too long to embed (at most {MAX_AUDIO_SECONDS:g} s); "
                     f"gradmidi.render({where}, 'run.ogg') renders it whole")
-    if not score.data:
-        return said("this score object does not hold its file's bytes; show the file instead")
+    try:
+        data = score.midi_bytes()
+    except GradmidiError as exc:
+        return said(str(exc))
     problem = fluidsynth_available()
     if problem is not None:
         return said(problem)
     with tempfile.TemporaryDirectory(prefix="gradmidi-show-") as folder:
         midi, ogg = Path(folder) / "score.mid", Path(folder) / "score.ogg"
-        midi.write_bytes(score.data)  # the bytes as read: an edited score sounds as edited
+        midi.write_bytes(data)  # the bytes as read: an edited score sounds as edited
         try:
             render(midi, ogg, soundfont, rate=AUDIO_RATE)
         except GradmidiError as exc:
             return said(str(exc))
-        data = base64.b64encode(ogg.read_bytes()).decode("ascii")
-    return f'<audio controls preload="metadata" src="data:audio/ogg;base64,{data}"></audio>'
+        encoded = base64.b64encode(ogg.read_bytes()).decode("ascii")
+    return f'<audio controls preload="metadata" src="data:audio/ogg;base64,{encoded}"></audio>'

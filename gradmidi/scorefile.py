@@ -173,6 +173,15 @@ class ScoreFile:
             rows += len(steps)
         return rows
 
+    def midi_bytes(self) -> bytes:
+        """The file's bytes as read: kept by the general reader; read again from the file after the fast
+        path, which never holds the file whole."""
+        if self.data:
+            return self.data
+        if self.path is not None:
+            return _file_bytes(self.path)
+        raise GradmidiError("this ScoreFile holds no file bytes: read it with gradmidi.read_score")
+
     def summary(self) -> dict:
         """What ``gradmidi inspect`` shows: voices, pitch ranges, steps, events."""
         voices = []

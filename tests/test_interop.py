@@ -217,7 +217,7 @@ def test_an_edited_score_plays_to_a_jack_port_at_its_new_tempo(jack, recorder, e
     assert result.returncode == 0, result.stderr
     assert "changed: tempo changed: plays at 90 bpm" in result.stdout
     ons = [(t, m) for t, m in recorder.messages if m[0] & 0xF0 == 0x90 and m[2]]
-    assert len(ons) == 24 + 16 + 13  # fc2's track is gone
+    assert len(ons) == 24 + 16 + 13, [(round(t, 4), m.hex()) for t, m in recorder.messages]  # fc2's track is gone
     fc1 = np.array([t for t, m in ons if m[0] & 0x0F == 0])
     assert np.allclose(np.diff(fc1), SLOT * 120 / 90, atol=0.005)
     written = [p for _, p, _ in gradmidi.read_score(score_path).notes[0]]
