@@ -219,7 +219,8 @@ def test_an_edited_score_plays_to_a_jack_port_at_its_new_tempo(jack, recorder, e
     ons = [(t, m) for t, m in recorder.messages if m[0] & 0xF0 == 0x90 and m[2]]
     assert len(ons) == 24 + 16 + 13, [(round(t, 4), m.hex()) for t, m in recorder.messages]  # fc2's track is gone
     fc1 = np.array([t for t, m in ons if m[0] & 0x0F == 0])
-    assert np.allclose(np.diff(fc1), SLOT * 120 / 90, atol=0.005)
+    # the recorder stamps notes by JACK period (128 frames, 2.9 ms): two stamps differ by up to two periods
+    assert np.allclose(np.diff(fc1), SLOT * 120 / 90, atol=0.008)
     written = [p for _, p, _ in gradmidi.read_score(score_path).notes[0]]
     assert [m[1] for _, m in ons if m[0] & 0x0F == 0] == [p + 2 for p in written]  # as transposed
 
