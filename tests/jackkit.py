@@ -15,6 +15,7 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
 import rtmidi
 
 from gradmidi.fonts import bundled_soundfont
@@ -41,6 +42,14 @@ def wait_for(predicate, seconds: float, what: str) -> None:
             return
         time.sleep(0.05)
     raise TimeoutError(f"timed out waiting for {what}")
+
+
+# python-rtmidi's JACK output hands a message to JACK's thread through two ring buffers (its size,
+# then its bytes); when JACK's cycle reads between the two writes, a message sent in the same cycle
+# as the one before is lost and the one before is delivered twice (seen in full runs: a note-on
+# twice, the next one missing; a note-off missing). It is rtmidi's, not gradmidi's; the tests that
+# count every message sent over JACK run again (twice at most) when it bites.
+JACK_RACE = pytest.mark.flaky(reruns=2, reason="python-rtmidi's JACK output race (see jackkit)")
 
 
 def quiet_collections() -> None:

@@ -21,7 +21,7 @@ import gradmidi
 from gradmidi.outputs import PortOutput, SynthOutput
 from gradmidi.sinks.base import Sink
 from gradmidi.sinks.live import LiveSink
-from jackkit import FluidSynthListener, JackServer, MidiRecorder
+from jackkit import JACK_RACE, FluidSynthListener, JackServer, MidiRecorder
 from reliabilitykit import child_env, default_signals, record, train_steps
 
 ONSET_TOLERANCE = 0.010  # seconds: the JACK dummy period (128 frames, 2.9 ms) plus FluidSynth's block
@@ -63,6 +63,7 @@ def onsets(audio: np.ndarray, rate: int) -> np.ndarray:
     return np.array(found) / 1000.0
 
 
+@JACK_RACE
 def test_a_training_run_is_heard_through_jack_in_fluidsynth_on_time(jack, tmp_path):
     synth = FluidSynthListener(tmp_path / "heard.wav")
     try:
@@ -132,6 +133,7 @@ def _python_env() -> dict:
     return {k: v for k, v in os.environ.items() if k not in ("MIDO_BACKEND",)}
 
 
+@JACK_RACE
 def test_steps_faster_than_the_tempo_are_merged_not_queued(jack, recorder, tmp_path):
     model = tiny_model()
     live = LiveSink(PortOutput(recorder.name, api="UNIX_JACK"), max_latency=0.5, record_timing=True)
@@ -203,6 +205,9 @@ TRAINER = textwrap.dedent(
 )
 
 
+
+
+@JACK_RACE
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_sigint_and_sigterm_end_every_note_and_send_all_notes_off(jack, recorder, tmp_path, sig):
     script = tmp_path / "trainer.py"
@@ -256,6 +261,7 @@ def test_an_audio_driver_that_does_not_start_is_refused():
         SynthOutput(driver="alsa")  # pyfluidsynth's start() would report success here
 
 
+@JACK_RACE
 def test_play_sends_a_saved_score_on_time_then_silences(jack, recorder, tmp_path):
     model = tiny_model()
     with gradmidi.Sonifier(model, tmp_path / "run.mid") as son:

@@ -23,7 +23,7 @@ import torch.nn as nn
 import gradmidi
 from gradmidi.sinks.serve import ServeSink
 from gradmidi.wire import MAX_SERVER_FRAME, PROTOCOL, FrameDecoder, encode
-from jackkit import free_port, wait_for
+from jackkit import JACK_RACE, free_port, wait_for
 
 CLIENT = textwrap.dedent(
     """
@@ -479,6 +479,7 @@ def test_bad_serve_options_are_one_line_errors():
             gradmidi.Sonifier(model, None, serve=f"127.0.0.1:{port}")
 
 
+@JACK_RACE
 def test_the_listener_plays_through_the_live_scheduler_to_a_jack_port(tmp_path):
     from jackkit import JackServer, MidiRecorder
 
