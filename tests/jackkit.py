@@ -142,3 +142,18 @@ class MidiRecorder:
     def close(self) -> None:
         self._in.close_port()
         self._in.delete()
+
+
+# Fixtures for the modules that import them: one JACK server per module, a recorder per test.
+@pytest.fixture(scope="module")
+def jack():
+    server = JackServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def recorder(jack):
+    rec = MidiRecorder()
+    yield rec
+    rec.close()

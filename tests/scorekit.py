@@ -12,7 +12,8 @@ import gradmidi
 from gradmidi.clock import Clock
 from gradmidi.mapping import Mapping, half_step_log
 from gradmidi.pipeline import ScoreBuilder
-from gradmidi.score import ScoreHeader, StepRecord
+from gradmidi.score import ScoreHeader, Slot, StepRecord
+from gradmidi.sinks.base import Sink
 from gradmidi.sinks.midifile import MidiFileSink
 from gradmidi.voices import plan_voices
 
@@ -50,3 +51,15 @@ def assert_decodes_to(score_path, logged: dict[tuple[int, str], float]) -> None:
                     key=lambda n: abs(score.step_of(n[0]) - key[0]))[1]
         tolerance = half_step_log(pitch, score.header.mapping, score.log_range_at(0))
         assert abs(math.log10(decoded[key]) - math.log10(value)) <= tolerance + 1e-9, key
+
+
+class Recorder(Sink):
+    """A user's own sink: keeps every slot it is given."""
+
+    name = "recorder"
+
+    def __init__(self) -> None:
+        self.slots: list[Slot] = []
+
+    def emit(self, slot: Slot) -> None:
+        self.slots.append(slot)

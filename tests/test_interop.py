@@ -8,7 +8,6 @@ import json
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import mido
@@ -23,7 +22,7 @@ import gradmidi
 from gradmidi.render import TAIL_SECONDS
 from gradmidi.report import build_report
 from gradmidi.smf import SEQUENCER_ID
-from jackkit import JACK_RACE, FluidSynthListener, JackServer, MidiRecorder
+from jackkit import JACK_RACE, FluidSynthListener, JackServer, MidiRecorder, jack, recorder  # noqa: F401
 from reliabilitykit import child_env
 from scorekit import make_score
 
@@ -198,20 +197,6 @@ def test_a_score_whose_header_was_dropped_reads_from_track_names_and_programs(sc
 
 
 # ------------------------------------------------------------------ live, over JACK
-@pytest.fixture(scope="module")
-def jack():
-    server = JackServer()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def recorder(jack):
-    rec = MidiRecorder()
-    yield rec
-    rec.close()
-
-
 @JACK_RACE
 def test_an_edited_score_plays_to_a_jack_port_at_its_new_tempo(jack, recorder, edited, score_path):
     result = cli("play", str(edited), "--port", recorder.name, "--api", "UNIX_JACK")

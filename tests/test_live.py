@@ -21,24 +21,11 @@ import gradmidi
 from gradmidi.outputs import PortOutput, SynthOutput
 from gradmidi.sinks.base import Sink
 from gradmidi.sinks.live import LiveSink
-from jackkit import JACK_RACE, FluidSynthListener, JackServer, MidiRecorder
+from jackkit import JACK_RACE, FluidSynthListener, JackServer, MidiRecorder, jack, recorder  # noqa: F401
 from reliabilitykit import child_env, default_signals, record, train_steps
 
 ONSET_TOLERANCE = 0.010  # seconds: the JACK dummy period (128 frames, 2.9 ms) plus FluidSynth's block
 
-
-@pytest.fixture(scope="module")
-def jack():
-    server = JackServer()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def recorder(jack):
-    rec = MidiRecorder()
-    yield rec
-    rec.close()
 
 
 def train(son, steps: int, pause: float = 0.0, model=None) -> None:

@@ -33,18 +33,7 @@ from gradmidi.sinks.base import Sink
 from gradmidi.sinks.live import LiveSink
 from gradmidi.voices import plan_voices
 from jackkit import wait_for
-
-
-class Recorder(Sink):
-    """A user's own sink: keeps every slot it is given."""
-
-    name = "recorder"
-
-    def __init__(self) -> None:
-        self.slots: list[Slot] = []
-
-    def emit(self, slot: Slot) -> None:
-        self.slots.append(slot)
+from scorekit import Recorder
 
 
 def model_and_data():

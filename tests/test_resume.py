@@ -11,18 +11,7 @@ import torch
 import torch.nn as nn
 
 import gradmidi
-from gradmidi.score import Slot
-from gradmidi.sinks.base import Sink
-
-
-class Recorder(Sink):
-    name = "recorder"
-
-    def __init__(self) -> None:
-        self.slots: list[Slot] = []
-
-    def emit(self, slot: Slot) -> None:
-        self.slots.append(slot)
+from scorekit import Recorder
 
 
 def make():
