@@ -32,6 +32,7 @@ from ..smf import (
     TrackSpool,
     json_meta,
     meta,
+    meta_body,
     parse_json_meta,
     text_meta,
     write_file,
@@ -132,7 +133,7 @@ class MidiFileSink(Sink):
                 elif tick < until and (event[:2] == b"\xff\x06" or _is_range_change(event)):
                     spool.add(tick, event)
                     if _is_range_change(event):
-                        record = parse_json_meta(_meta_data(event))
+                        record = parse_json_meta(meta_body(event))
                         if record is not None:
                             lo, hi = record[1]["log_range"]
                             self._range = (float(lo), float(hi))
@@ -239,14 +240,6 @@ def score_name_problem(path: Path) -> str | None:
 
 def _is_range_change(event: bytes) -> bool:
     return event[:2] == b"\xff\x7f" and (SEQUENCER_ID + RANGE_TAG + b"\x00") in event[:24]
-
-
-def _meta_data(event: bytes) -> bytes:
-    """The data of a whole meta event (FF type varlen data)."""
-    pos = 2
-    while event[pos] & 0x80:
-        pos += 1
-    return event[pos + 1:]
 
 
 def _check_writable(path: Path) -> None:
