@@ -266,10 +266,12 @@ def decode(file: Path, out: Path | None) -> None:
               help="Extra gain in dB, applied after normalisation.")
 @click.option("--jobs", type=click.IntRange(1, 256), default=None,
               help="Processes for long scores (default: every core).")
+@click.option("--duration", type=click.FloatRange(0, min_open=True), default=None, metavar="SECONDS",
+              help="Audio of at most this long: a longer run is summarised (its slots merged, every event kept).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def render(file: Path, out: Path | None, soundfont: Path | None, rate: int, loudness: float, raw: bool, gain: float,
-           jobs: int | None, quiet: bool, as_json: bool) -> None:
+           jobs: int | None, duration: float | None, quiet: bool, as_json: bool) -> None:
     """Render a score (or any MIDI file) to audio through FluidSynth."""
     from .render import render as render_score
 
@@ -286,15 +288,16 @@ def render(file: Path, out: Path | None, soundfont: Path | None, rate: int, loud
             progress.update(task, completed=done, total=total, at=f"{done:.0f}/{total:.0f} s")
 
         result = render_score(file, out, soundfont, rate=rate, gain=gain, loudness=None if raw else loudness,
-                              jobs=jobs, progress=on_progress)
+                              jobs=jobs, progress=on_progress, duration=duration)
     if as_json:
         click.echo(json.dumps({"file": str(result.path), "seconds": result.seconds, "loudness_lufs": result.loudness,
                                "soundfont": str(result.soundfont), "jobs": result.jobs,
-                               "changes": list(result.changes)}))
+                               "changes": list(result.changes), "summary": result.summary}))
     elif not quiet:
         _say_changes(console, result.changes)
         level = f"{result.loudness:.1f} LUFS" if not raw else "FluidSynth's own level"
-        console.print(f"{result.path}: {result.seconds:.1f} s, {level}, font {result.soundfont.name}")
+        summary = f" ({result.summary})" if result.summary else ""
+        console.print(f"{result.path}: {result.seconds:.1f} s{summary}, {level}, font {result.soundfont.name}")
 
 
 @cli.command(short_help="The General MIDI SoundFonts installed on this machine.")
@@ -344,21 +347,28 @@ def ports(api: str | None) -> None:
 @click.option("--driver", default=None, help="Audio driver for --synth (pulseaudio, pipewire, alsa, jack, ...).")
 @click.option("--soundfont", type=click.Path(path_type=Path), default=None, help="SoundFont for --synth.")
 @click.option("--api", default=None, help="MIDI API for --port (see 'gradmidi ports').")
+@click.option("--duration", type=click.FloatRange(0, min_open=True), default=None, metavar="SECONDS",
+              help="Play for at most this long: a longer run is summarised (its slots merged, every event kept).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 def play(file: Path, port: str | None, synth: bool, driver: str | None, soundfont: Path | None, api: str | None,
-         quiet: bool) -> None:
+         duration: float | None, quiet: bool) -> None:
     """Play a saved score (or any MIDI file) live, to a MIDI port or the in-process synth."""
     from .outputs import open_output
-    from .play import play_score
+    from .play import TAIL_SECONDS, play_score
     from .render import read_timeline
+    from .summary import summarised
 
     if bool(port) == bool(synth):
         raise GradmidiError("choose one of --port NAME or --synth")
-    timeline = read_timeline(file)  # a bad file is refused before any port or synth opens
+    # a bad file is refused before any port or synth opens
+    with summarised(file, duration, TAIL_SECONDS) as (source, summary):
+        timeline = read_timeline(source)
     with _in_flags(LIVE_FLAGS):
         output = open_output(f"synth:{driver or ''}" if synth else f"port:{port}", api, soundfont)
     console = _console(quiet)
     _say_changes(console, timeline.changes)
+    if summary is not None and not quiet:
+        console.print(f"playing {summary.describe(TAIL_SECONDS)}")
     from rich.progress import BarColumn, Progress, TextColumn
 
     with Progress(TextColumn(f"playing {file.name} on {output.name}"), BarColumn(),
@@ -437,8 +447,11 @@ def plot(file: Path, out: Path | None, max_points: int) -> None:
 @click.option("--soundfont", type=click.Path(path_type=Path), default=None,
               help="SoundFont for the audio (default: $GRADMIDI_SOUNDFONT, else gradmidi's own).")
 @click.option("--title", default="gradmidi report", show_default=True, help="The page's title.")
+@click.option("--duration", type=click.FloatRange(0, min_open=True), default=None, metavar="SECONDS",
+              help="Each run's audio at most this long (default: 2 minutes): longer runs are heard as summaries.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress; print only the page's path.")
-def report(files: tuple[Path, ...], out: Path, audio: bool, soundfont: Path | None, title: str, quiet: bool) -> None:
+def report(files: tuple[Path, ...], out: Path, audio: bool, soundfont: Path | None, title: str, duration: float,
+           quiet: bool) -> None:
     """A static HTML page comparing runs: plot, audio, events and voices for each."""
     from .report import build_report
 
@@ -449,7 +462,8 @@ def report(files: tuple[Path, ...], out: Path, audio: bool, soundfont: Path | No
             if status is not None:
                 status.update(f"report: {name}")
 
-        index = build_report(list(files), out, audio=audio, soundfont=soundfont, title=title, progress=on_run)
+        index = build_report(list(files), out, audio=audio, soundfont=soundfont, title=title, progress=on_run,
+                             **({} if duration is None else {"duration": duration}))
     click.echo(str(index))
 
 

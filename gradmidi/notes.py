@@ -14,7 +14,7 @@ import numpy as np
 
 from . import events
 from .instruments import DRUM_CHANNEL
-from .score import ScoreHeader, Slot
+from .score import SUMMARY, ScoreHeader, Slot
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,8 @@ class Arrangement:
         self.drum_length = clock.note_span(0, 1)[1]
         self.drum_keys = dict(header.drums)  # the score's own table: a file decodes by it
         self.epoch_downbeat = header.epoch_downbeat
+        # A summary's slot stands for many of the run's: each event is a hit at its own place in it.
+        self.slot_ticks = clock.slot_ticks if SUMMARY in header.info else 0
 
     def programs(self) -> list[bytes]:
         """The program changes that set every voice's instrument, sent (or written) first."""
@@ -81,6 +83,8 @@ class Arrangement:
 
     def drum_notes(self, slot: Slot) -> Notes:
         """One hit per event kind the slot holds (in order of first appearance), then the epoch downbeat."""
+        if self.slot_ticks and slot.steps:
+            return self._spread_drum_notes(slot)
         keys: list[int] = []
         velocities: list[int] = []
         for event in slot.events:
@@ -98,3 +102,27 @@ class Arrangement:
         return Notes(np.full(n, DRUM_CHANNEL), np.array(keys), np.array(velocities), np.zeros(n, dtype=np.int64),
                      np.full(n, self.drum_length))
 
+
+    def _spread_drum_notes(self, slot: Slot) -> Notes:
+        """A summary slot's hits: every event at the place of its step within the slot (hits of one kind
+        closer than a tick are one), each ended before the next of its key and within the slot."""
+        hits: dict[tuple[int, int], int] = {}
+        for event in slot.events:
+            key = self.drum_keys.get(event.kind)
+            if key is not None:
+                onset = (event.step - slot.first_step) * self.slot_ticks // slot.steps
+                kind = events.get(event.kind)
+                hits.setdefault((key, min(max(onset, 0), self.slot_ticks - 1)),
+                                kind.velocity if kind is not None else DEFAULT_DRUM_VELOCITY)
+        if self.epoch_downbeat and any(m.startswith("epoch") for m in slot.markers):
+            hits.setdefault((events.DOWNBEAT_KEY, 0), events.DOWNBEAT_VELOCITY)
+        if not hits:
+            return _NONE
+        placed = sorted(hits)  # by key, then onset: each hit's next of the same key follows it
+        keys = np.array([key for key, _ in placed])
+        onsets = np.array([onset for _, onset in placed])
+        ends = np.full(len(placed), self.slot_ticks)
+        same_key_next = keys[1:] == keys[:-1]
+        ends[:-1][same_key_next] = onsets[1:][same_key_next]
+        lengths = np.maximum(np.minimum(self.drum_length, ends - onsets), 1)
+        return Notes(np.full(len(placed), DRUM_CHANNEL), keys, np.array([hits[p] for p in placed]), onsets, lengths)

@@ -232,7 +232,8 @@ def merge_slots(slots: Sequence[Slot], how: str, mapping: Mapping) -> Slot:
 
 def _aggregate(rows: np.ndarray, weights: np.ndarray, how: str) -> np.ndarray:
     """Per voice over rows (steps, or slots weighted by their steps): max, rms or last of the rows
-    with a gradient (a weight above zero).
+    with a gradient (a weight above zero). Over axis 0, whatever the shape of a row (a summary
+    aggregates many groups of slots at once).
 
     A NaN row makes the result NaN and an Inf row makes it Inf: an alarm is never averaged away.
     """
@@ -243,7 +244,7 @@ def _aggregate(rows: np.ndarray, weights: np.ndarray, how: str) -> np.ndarray:
         return out
     if how == "last":  # live runs capture only the last step; replayed logs may hold them all
         last = present.shape[0] - 1 - np.argmax(present[::-1], axis=0)
-        out = rows[last, np.arange(rows.shape[1])]
+        out = np.take_along_axis(rows, last[None], axis=0)[0]
         out[~present.any(axis=0)] = np.nan
         return out
     values = np.where(present, rows, 0.0)

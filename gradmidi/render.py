@@ -20,7 +20,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
 
@@ -215,6 +215,7 @@ class RenderResult:
     soundfont: Path
     jobs: int
     changes: tuple[str, ...] = ()  # what an editor changed in the score (see ScoreFile.changes)
+    summary: str | None = None  # what the audio summarises, in words, when it is a summary
 
 
 def render(
@@ -228,11 +229,13 @@ def render(
     jobs: int | None = None,
     tail: float = TAIL_SECONDS,
     progress: Callable[[float, float], None] | None = None,
+    duration: float | None = None,
 ) -> RenderResult:
     """Renders a score (or any MIDI file) to WAV, FLAC or OGG (by ``out``'s suffix).
 
     ``loudness``: LUFS target (None keeps FluidSynth's own level); ``gain``: dB added after;
-    ``jobs``: processes for long scores (default: every core; 1 renders in this process).
+    ``jobs``: processes for long scores (default: every core; 1 renders in this process);
+    ``duration``: seconds of audio at most, tail included: a longer run is summarised (summary.py).
     """
     out = Path(out)
     fmt = FORMATS.get(out.suffix.lower())
@@ -249,6 +252,15 @@ def render(
         raise GradmidiError(f"{folder}: cannot write here (permission denied)")
     font = resolve_soundfont(soundfont)
     load_fluidsynth()
+    from .summary import summarised  # reads the score: only when rendering
+
+    with summarised(score, duration, tail) as (source, summary):
+        result = _render(source, out, fmt, font, rate, gain, loudness, jobs, tail, progress)
+    return replace(result, summary=summary.describe(tail) if summary else None)
+
+
+def _render(score: Path, out: Path, fmt: tuple[str, str], font: Path, rate: int, gain: float, loudness: float | None,
+            jobs: int | None, tail: float, progress: Callable[[float, float], None] | None) -> RenderResult:
     timeline = read_timeline(score)
     length = timeline.seconds + tail
     need = length * rate * 8  # float32 stereo, held whole

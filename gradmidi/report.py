@@ -19,6 +19,7 @@ from .instruments import GM_DRUMS, GM_PROGRAMS
 from .scorefile import ScoreFile, read_score
 
 MAX_EVENT_ROWS = 200
+AUDIO_SECONDS = 120.0  # a run's audio on the page: longer runs are heard as summaries
 CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 24px; color: #222; background: #fafafa; }
 h1 { font-size: 22px; margin: 0 0 4px; } .sub { color: #666; margin-bottom: 20px; }
@@ -26,7 +27,7 @@ h1 { font-size: 22px; margin: 0 0 4px; } .sub { color: #666; margin-bottom: 20px
 .run { background: #fff; border: 1px solid #ddd; border-radius: 8px; padding: 16px; }
 .run h2 { font-size: 17px; margin: 0 0 4px; } .facts { color: #555; margin-bottom: 8px; }
 .run img { width: 100%; height: auto; border: 1px solid #eee; }
-audio { width: 100%; margin: 8px 0; } .noaudio { color: #a33; }
+audio { width: 100%; margin: 8px 0; } .noaudio { color: #a33; } .summary { color: #555; margin: 0 0 8px; }
 table { border-collapse: collapse; width: 100%; margin: 8px 0; font-size: 13px; }
 th, td { text-align: left; padding: 3px 6px; border-bottom: 1px solid #eee; }
 th { background: #f3f3f3; } details summary { cursor: pointer; color: #333; }
@@ -40,6 +41,7 @@ class RunPage:
     image: str
     audio: str | None
     audio_problem: str | None
+    audio_summary: str | None = None  # what the audio summarises, in words, when it is a summary
 
 
 def _slug(path: Path, taken: set[str]) -> str:
@@ -54,8 +56,12 @@ def _slug(path: Path, taken: set[str]) -> str:
 def build_report(
     scores: list[str | os.PathLike], out: str | os.PathLike, *, audio: bool = True, soundfont=None,
     title: str = "gradmidi report", progress: Callable[[str], None] | None = None,
+    duration: float | None = AUDIO_SECONDS,
 ) -> Path:
-    """Writes ``out/index.html`` (and its images and audio) for ``scores``; returns the page's path."""
+    """Writes ``out/index.html`` (and its images and audio) for ``scores``; returns the page's path.
+
+    ``duration``: each run's audio lasts at most this long; a longer run is heard as a summary, and
+    its card says so (None: every run whole)."""
     from .plot import plot
     from .render import fluidsynth_available, render
 
@@ -74,14 +80,14 @@ def build_report(
         if progress:
             progress(name)
         plot(score, out / f"{name}.png")
-        audio_file, audio_problem = None, problem
+        audio_file, audio_problem, summary = None, problem, None
         if problem is None:
             try:
-                render(path, out / f"{name}.ogg", soundfont)
+                summary = render(path, out / f"{name}.ogg", soundfont, duration=duration).summary
                 audio_file = f"{name}.ogg"
             except GradmidiError as exc:
                 audio_problem = str(exc)
-        pages.append(RunPage(name, score, f"{name}.png", audio_file, audio_problem))
+        pages.append(RunPage(name, score, f"{name}.png", audio_file, audio_problem, summary))
     index = out / "index.html"
     tmp = out / ".index.html.tmp"
     tmp.write_text(_page(pages, title), encoding="utf-8")
@@ -120,6 +126,9 @@ def _card(page: RunPage) -> str:
     diverged = f"; first NaN/Inf at step {min(first)}" if first else ""
     audio = (f'<audio controls preload="metadata" src="{e(page.audio)}"></audio>' if page.audio
              else f'<p class="noaudio">no audio: {e(page.audio_problem or "")}</p>')
+    if page.audio and page.audio_summary:
+        audio += f'<p class="summary">The audio is {e(page.audio_summary)}: every event is heard.</p>'
+
     voices = "".join(
         f"<tr><td>{e(v.name)}</td><td>{e(_layers(v.layers))}</td><td>{v.channel + 1}</td>"
         f"<td>{e(GM_PROGRAMS[v.program])}</td><td>{e(v.kind)}</td>"

@@ -18,6 +18,7 @@ from .instruments import DRUM_CHANNEL
 from .mapping import Mapping
 
 FORMAT_VERSION = 2  # 2: the header carries its drum table and epoch_downbeat
+SUMMARY = "summary"  # the header.info record of a summary (summary.py): its slots each stand for many
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from .errors import GradmidiError
 from .fastread import read_written
 from .instruments import DRUM_CHANNEL, GM_PROGRAMS
 from .mapping import Mapping, pitches_to_norms, pitches_to_velocities
-from .score import ScoreHeader, Voice
+from .score import SUMMARY, ScoreHeader, Voice
 from .smf import (
     HEADER_TAG,
     RANGE_TAG,
@@ -379,6 +379,7 @@ class _EditedScoreReader:
         last_slot = -1
         slot_ticks = clock.slot_ticks
         rescale = scale[0] != scale[1]
+        spread_drums = SUMMARY in header.info  # a summary's hits sit at their steps' places in a slot
         programs: dict[int, int] = {}  # channel -> its first program change
         for track in self.tracks:
             for file_tick, event in track:
@@ -401,7 +402,7 @@ class _EditedScoreReader:
                     last_slot = slot
                 channel = status & 0x0F
                 if channel == DRUM_CHANNEL:
-                    if exact or place:
+                    if exact or (place and not spread_drums):
                         moved_drums += 1
                         continue
                     kind = kind_of_key.get(event[1])  # None: the epoch downbeat, or no event

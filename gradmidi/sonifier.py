@@ -92,6 +92,8 @@ class Sonifier:
         serve: stream the score to ``gradmidi listen`` on "HOST:PORT" (loopback unless
             ``serve_public=True``; then a token is needed: ``serve_token=``, or one is generated).
         audio: render the .mid to this .wav, .flac or .ogg when the run closes (needs ``path``).
+        audio_duration: seconds the audio lasts at most: a longer run is rendered as a summary (its
+            slots merged by ``aggregate``, every event and marker kept); None renders it whole.
         soundfont: the SoundFont for ``audio`` and ``live="synth"`` (default: gradmidi's own).
         sinks: your own ``gradmidi.Sink`` objects, which receive every slot.
         flush_interval: seconds between rewrites of the .mid file.
@@ -146,6 +148,7 @@ class Sonifier:
         serve_public: bool = False,
         serve_token: str | None = None,
         audio: str | os.PathLike | None = None,
+        audio_duration: float | None = None,
         soundfont: str | os.PathLike | None = None,
         sinks: Sequence[Sink] | None = None,
         flush_interval: float = 2.0,
@@ -207,8 +210,8 @@ class Sonifier:
             self._in_flight: deque[PendingNorms] = deque()  # this rank's unfinished all-reduces (FSDP2)
             return
         built = build_sinks(path=path, live=live, serve=serve, serve_public=serve_public, serve_token=serve_token,
-                            audio=self.audio, soundfont=soundfont, midi_api=midi_api, live_latency=live_latency,
-                            flush_interval=flush_interval, keep=keep, sinks=user_sinks)
+                            audio=self.audio, audio_duration=audio_duration, soundfont=soundfont, midi_api=midi_api,
+                            live_latency=live_latency, flush_interval=flush_interval, keep=keep, sinks=user_sinks)
         self.server = built.server
         self._session = ScoreSession(self.header, built.sinks, assignment=assignment, aggregate=aggregate,
                                      spikes=spikes, threaded=True, queue_size=queue_size)
@@ -509,6 +512,8 @@ def _check_options(given: dict) -> None:
     for name in ("epoch_downbeat", "include_frozen", "adapter_factors", "rank_zero_only", "serve_public"):
         flag(name, given[name])
     flag("resume", given["resume"])
+    if given["audio_duration"] is not None:
+        real("audio_duration", given["audio_duration"], 3, math.inf)  # the render's 2 s tail, and some music
     if given["start_step"] is not None:
         whole("start_step", given["start_step"], 0, 2**53)
     if given["aggregate"] not in AGGREGATES:

@@ -31,9 +31,10 @@ def make_score(
     builder = ScoreBuilder(header, assignment)
     sink = MidiFileSink(path, flush_interval=1e9)
     sink.open(header)
-    for step in range(steps):
-        values, present = norms(step)
-        for slot in builder.add_step(StepRecord(step, np.asarray(values, float), np.asarray(present, bool))):
+    for first in range(0, steps, 1024):  # a block at a time, as the session's worker adds them
+        records = [StepRecord(step, np.asarray(values, float), np.asarray(present, bool))
+                   for step in range(first, min(first + 1024, steps)) for values, present in [norms(step)]]
+        for slot in builder.add_steps(records):
             sink.emit(slot)
     for slot in builder.finish():
         sink.emit(slot)

@@ -38,6 +38,7 @@ def build_sinks(
     serve_public: bool = False,
     serve_token: str | None = None,
     audio: str | os.PathLike | None = None,
+    audio_duration: float | None = None,
     soundfont: str | os.PathLike | None = None,
     midi_api: str | None = None,
     live_latency: float = 0.5,
@@ -65,7 +66,8 @@ def build_sinks(
         if audio is not None:
             from .audio import AudioSink
 
-            built.sinks.append(AudioSink(file.path, audio, soundfont))  # after the file: it renders the closed score
+            # after the file: it renders the closed score
+            built.sinks.append(AudioSink(file.path, audio, soundfont, audio_duration))
     built.sinks += list(sinks)
     return built
 

@@ -55,11 +55,13 @@ class MidiFileSink(Sink):
     name = "midi file"
 
     def __init__(self, path: str | os.PathLike, flush_interval: float = 2.0,
-                 keep: tuple[list[list[tuple[int, bytes]]], int] | None = None) -> None:
+                 keep: tuple[list[list[tuple[int, bytes]]], int] | None = None, event_labels: bool = True) -> None:
         """``keep``: (an earlier score's tracks, a tick): a resumed run keeps what that score holds before
-        the tick (its notes, drums, markers and range changes) and continues after it."""
+        the tick (its notes, drums, markers and range changes) and continues after it. ``event_labels``:
+        write each event's marker (False: its slot's markers already hold them, as a summary's do)."""
         self.path = Path(path)
         self._keep = keep
+        self._event_labels = event_labels
         problem = score_name_problem(self.path)
         if problem:
             raise GradmidiError(f"{self.path}: {problem}")
@@ -160,7 +162,7 @@ class MidiFileSink(Sink):
         conductor = self._tracks[0]
         for text in slot.markers:
             conductor.add(start, text_meta(0x06, text))
-        for event in slot.events:
+        for event in slot.events if self._event_labels else ():
             conductor.add(start, text_meta(0x06, event.label()))
         hits = self.arrangement.drum_notes(slot)
         if len(hits):
@@ -181,7 +183,8 @@ class MidiFileSink(Sink):
     @staticmethod
     def _add_notes(track: TrackSpool, notes: Notes, start: int = 0) -> None:
         """Note-on/note-off pairs in tick order: a voice's notes follow one another (on, off, on,
-        off, ...), a slot's drum hits sound together (every on, then every off)."""
+        off, ...), a slot's drum hits sound together (every on, then every off); a summary's hits,
+        spread over their slot, are sorted (an off before an on at the same tick)."""
         n = len(notes)
         on = start + notes.onset
         together = n > 1 and notes.onset[1] == notes.onset[0]
@@ -192,6 +195,9 @@ class MidiFileSink(Sink):
         events[ons, 0], events[offs, 0] = 0x90 | notes.channel, 0x80 | notes.channel
         events[ons, 1] = events[offs, 1] = notes.key
         events[ons, 2], events[offs, 2] = notes.velocity, 0
+        if (together and np.any(notes.onset != notes.onset[0])) or np.any(ticks[1:] < ticks[:-1]):
+            order = np.lexsort((events[:, 0] >= 0x90, ticks))
+            ticks, events = ticks[order], events[order]
         track.add_block(ticks, events)
 
     def tick(self) -> None:
