@@ -213,6 +213,8 @@ class ZScore:
         """
         if not self._settled or not len(x):
             return 0
+        if len(x) == 1:  # a live run's step, one at a time: the recurrence itself is cheaper
+            return self._advance_one(x[0], z, min_gap)
         finite = np.isfinite(x).all(axis=1)
         n = len(x) if finite.all() else int(np.argmin(finite))
         n = min(n, BLOCK_ROWS)
@@ -234,6 +236,18 @@ class ZScore:
             self.mean, self.var = mean[taken - 1].copy(), var[taken - 1].copy()
             self.count += taken
         return taken
+
+    def _advance_one(self, x: np.ndarray, z: float, min_gap: float) -> int:
+        gap = x - self.mean
+        if not np.isfinite(gap).all():
+            return 0
+        if (((gap > z * np.sqrt(self.var)) & (gap > min_gap)) | (gap > self.big_gap)).any():
+            return 0
+        a = self.alpha
+        self.mean = self.mean + (1 - a) * gap
+        self.var = a * (self.var + (1 - a) * gap * gap)
+        self.count += 1
+        return 1
 
     def update(self, x: np.ndarray, z: float, min_gap: float) -> np.ndarray:
         gap = x - self.mean

@@ -214,17 +214,11 @@ def norms_to_pitches(
     norms = np.asarray(norms, dtype=np.float64)
     valid = np.isfinite(norms) & (norms > 0)
     lo, hi = log_range
-    with np.errstate(divide="ignore", invalid="ignore"):
-        frac = (np.log10(np.where(valid, norms, 1.0)) - lo) / (hi - lo)
-    continuous = mapping.low_note + np.clip(frac, 0.0, 1.0) * (mapping.high_note - mapping.low_note)
-    idx = np.clip(np.searchsorted(notes, continuous), 1, len(notes) - 1) if len(notes) > 1 else np.zeros(
-        continuous.shape, dtype=np.int64
-    )
-    if len(notes) > 1:
-        below, above = notes[idx - 1], notes[idx]
-        chosen = np.where(continuous - below <= above - continuous, below, above)
-    else:
-        chosen = notes[idx]
+    with np.errstate(divide="ignore", invalid="ignore"):  # invalid norms give NaN or -Inf here, masked below
+        frac = (np.log10(norms) - lo) / (hi - lo)
+    continuous = mapping.low_note + np.minimum(np.maximum(frac, 0.0), 1.0) * (mapping.high_note - mapping.low_note)
+    # The nearest scale note: the first whose upper midpoint is at or above (a tie goes to the lower note).
+    chosen = notes[np.searchsorted((notes[1:] + notes[:-1]) / 2, continuous)]
     return np.where(valid, chosen, -1).astype(np.int64)
 
 

@@ -201,7 +201,7 @@ class ScoreBuilder:
                 slot.velocities = mapper.velocities(slot.pitches)
                 slot.log_range = mapper.log_range
             return slots
-        pitches = mapper.pitches(np.vstack([slot.norms for slot in slots]))
+        pitches = mapper.pitches(slots[0].norms[None] if len(slots) == 1 else np.vstack([slot.norms for slot in slots]))
         velocities = mapper.velocities(pitches)
         for slot, p, v in zip(slots, pitches, velocities, strict=True):
             slot.pitches, slot.velocities = p, v
