@@ -145,6 +145,25 @@ class PendingNorms:
         norms[~self._present] = np.nan
         return norms, self._present.copy(), loss
 
+    @staticmethod
+    def results(pendings: Sequence[PendingNorms]) -> list[tuple[np.ndarray, np.ndarray, float | None]]:
+        """``result`` of many steps at once: steps whose squares are one host tensor each (the CPU
+        training loop) are read as one matrix, so a batch costs a few array operations, not a few
+        per step; any other step is read on its own."""
+        simple = [p for p in pendings if p._reduced is None and len(p._parts) == 1 and p._parts[0].ready is None]
+        if len(simple) < 2 or len(simple) < len(pendings) or len({p._parts[0].values.shape for p in simple}) > 1:
+            return [p.result() for p in pendings]
+        with_loss = simple[0]._parts[0].ends_with_loss
+        if any(p._parts[0].ends_with_loss != with_loss for p in simple):
+            return [p.result() for p in pendings]
+        values = torch.stack([p._parts[0].values for p in simple]).numpy().astype(np.float64, copy=False)
+        losses: list[float | None] = values[:, -1].tolist() if with_loss else [p._loss for p in simple]
+        squares = values[:, :-1] if with_loss else values
+        present = np.stack([p._present for p in simple])
+        with np.errstate(invalid="ignore"):
+            norms = np.where(present, np.sqrt(squares), np.nan)
+        return list(zip(norms, present, losses, strict=True))
+
 
 class NormCapture:
     """Computes every layer's L2 gradient norm with a fixed number of fused kernels."""

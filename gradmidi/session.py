@@ -35,7 +35,10 @@ RECENT_EVENTS = 10_000
 
 
 class PendingStep(Protocol):
-    """A step whose values are still on their way to the host (a Sonifier's captured step)."""
+    """A step whose values are still on their way to the host (a Sonifier's captured step).
+
+    Its class may also have ``records(steps) -> list[StepRecord]``, which reads a batch of them at
+    once; the worker then uses it for consecutive steps of that class."""
 
     step: int
 
@@ -180,16 +183,13 @@ class ScoreSession:
     def _handle_all(self, items: list) -> None:
         """Consecutive steps go to the builder as one block; markers and interrupts between them."""
         block: list[StepRecord] = []
-        for item in items:
+        for item in _resolved(items):
             if isinstance(item, MarkerRecord) or item is _INTERRUPT:
                 self._guarded(self._add_steps, block)
                 block = []
                 self._guarded(self._handle, item)
             else:
-                try:
-                    block.append(item if isinstance(item, StepRecord) else item.record())
-                except Exception as exc:  # a step whose values never arrived: the others go on
-                    warnings.warn(f"gradmidi: dropped a step after an error: {exc}", RuntimeWarning, stacklevel=1)
+                block.append(item)
         self._guarded(self._add_steps, block)
 
     def _guarded(self, handle, arg) -> None:
@@ -235,3 +235,39 @@ class ScoreSession:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<ScoreSession {self.header.title!r} {state}: {self.slots} slots, sinks {self.sinks}>"
+
+
+def _resolved(items: list) -> list:
+    """The items with every pending step replaced by its record, consecutive ones of a class that reads
+    a batch at once (``records``) read together; a step whose values never arrived is dropped with a
+    warning, and the others go on."""
+    out: list = []
+    run: list = []  # consecutive pending steps of one class
+    for item in items:
+        if isinstance(item, (StepRecord, MarkerRecord)) or item is _INTERRUPT:
+            out += _records_of(run) + [item]
+            run = []
+            continue
+        if run and type(item) is not type(run[0]):
+            out += _records_of(run)
+            run = []
+        run.append(item)
+    return out + _records_of(run)
+
+
+def _records_of(steps: list) -> list[StepRecord]:
+    if not steps:
+        return []
+    batch = getattr(type(steps[0]), "records", None)
+    if batch is not None and len(steps) > 1:
+        try:
+            return batch(steps)
+        except Exception:  # read them one by one: only the step at fault is lost
+            pass
+    records = []
+    for step in steps:
+        try:
+            records.append(step.record())
+        except Exception as exc:  # a step whose values never arrived: the others go on
+            warnings.warn(f"gradmidi: dropped a step after an error: {exc}", RuntimeWarning, stacklevel=1)
+    return records

@@ -423,7 +423,15 @@ class CapturedStep:
 
     def record(self) -> StepRecord:
         """The step's host values (waits for the copies: the session's worker thread calls this)."""
-        norms, present, loss = self._pending.result()
+        return self._record(*self._pending.result())
+
+    @staticmethod
+    def records(steps: Sequence[CapturedStep]) -> list[StepRecord]:
+        """``record`` of a batch of steps, their host values read together (see ``PendingNorms.results``)."""
+        results = PendingNorms.results([s._pending for s in steps])
+        return [step._record(*values) for step, values in zip(steps, results, strict=True)]
+
+    def _record(self, norms: np.ndarray, present: np.ndarray, loss: float | None) -> StepRecord:
         if not self._son._heard_any:  # the first step: a call before backward() would leave the score silent
             self._son._heard_any = True
             if not present.any():

@@ -83,3 +83,35 @@ def test_a_block_with_a_step_out_of_order_is_refused_whole():
     recs = records(2, 5)
     with pytest.raises(Exception, match="steps must increase"):
         b.add_steps([recs[0], recs[2], recs[1]])
+
+
+def test_captured_steps_read_as_a_batch_equal_each_read_alone():
+    import torch
+
+    from gradmidi.capture import NormCapture, PendingNorms, discover_layers
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3), torch.nn.Linear(3, 2))
+    capture = NormCapture(discover_layers(model))
+    pendings = []
+    for step in range(6):
+        model.zero_grad(set_to_none=True)
+        out = model(torch.randn(5, 4))
+        loss = out.square().mean()
+        loss.backward()
+        if step == 2:
+            model[0].weight.grad[0, 0] = float("nan")
+        if step == 4:
+            model[3].weight.grad = None  # a layer without a gradient this step
+            model[3].bias.grad = None
+        pendings.append(capture.launch(loss))
+    batch = PendingNorms.results(pendings)
+    alone = [p.result() for p in pendings]
+    for (norms, present, loss), (norms1, present1, loss1) in zip(batch, alone, strict=True):
+        np.testing.assert_array_equal(norms, norms1)  # NaN where NaN, bit for bit elsewhere
+        np.testing.assert_array_equal(present, present1)
+        assert loss == loss1
+    assert not batch[4][1][2] and np.isnan(batch[2][0][0])
+    # a batch with host losses (no device loss) reads them too
+    hosted = [capture.launch(0.5 + i) for i in range(3)]
+    assert [loss for _, _, loss in PendingNorms.results(hosted)] == [0.5, 1.5, 2.5]
