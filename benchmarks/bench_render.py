@@ -1,7 +1,8 @@
 """Rendering speed against FluidSynth's own command-line fast render, side by side.
 
-For a long synthetic score (default 8,000 steps of 8 voices: about 17 minutes of music) and
-the same font, each round times, as whole commands from a cold start:
+For synthetic scores of 8 voices (default 480 steps, one minute of music, where start-up
+counts, and 8,000 steps, about 17 minutes) and the same font, each round times, as whole
+commands from a cold start:
 
 - ``fluidsynth -ni -F out.wav -r 44100 FONT score.mid`` pinned to one core (taskset),
 - ``gradmidi render score.mid -o out.wav --jobs 1`` pinned to the same core,
@@ -11,7 +12,7 @@ the same font, each round times, as whole commands from a cold start:
 and prints medians and ratios. gradmidi's default run also does what the CLI does not:
 loudness measurement and normalisation (BS.1770).
 
-    python benchmarks/bench_render.py [--steps 8000] [--rounds 3] [--soundfont FONT]
+    python benchmarks/bench_render.py [--steps 480 8000] [--rounds 3] [--soundfont FONT]
 """
 
 from __future__ import annotations
@@ -46,18 +47,23 @@ def timed(cmd: list[str]) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=8000)
+    parser.add_argument("--steps", type=int, nargs="+", default=[480, 8000], help="score sizes, in steps")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--soundfont", default=None)
     args = parser.parse_args()
     if not shutil.which("fluidsynth"):
         sys.exit("the fluidsynth command is needed for the comparison (apt-get install fluidsynth)")
     font = resolve_soundfont(args.soundfont)
+    for steps in args.steps:
+        compare(steps, args.rounds, font)
+
+
+def compare(steps: int, rounds: int, font: Path) -> None:
     pin = ["taskset", "-c", "0"] if shutil.which("taskset") else []
     gradmidi = [sys.executable, "-m", "gradmidi", "render"]
     with tempfile.TemporaryDirectory() as tmp:
         score = Path(tmp) / "long.mid"
-        synthetic_score(score, args.steps)
+        synthetic_score(score, steps)
         runs = {
             "fluidsynth -F, 1 core": pin + ["fluidsynth", "-ni", "-F", f"{tmp}/cli.wav", "-r", "44100", str(font),
                                            str(score)],
@@ -68,21 +74,20 @@ def main() -> None:
             f"gradmidi, {os.cpu_count()} cores": gradmidi + [str(score), "-o", f"{tmp}/all.wav", "-q",
                                                              "--soundfont", str(font)],
         }
-        times = {name: [] for name in runs}
-        for _ in range(args.rounds):
+        times: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
+        for _ in range(rounds):
             for name, cmd in runs.items():
                 times[name].append(timed(cmd))
         seconds = render(score, f"{tmp}/check.wav", font, jobs=1).seconds
     cli = "fluidsynth -F, 1 core"
     wall_base = statistics.median(w for w, _ in times[cli])
     cpu_base = statistics.median(c for _, c in times[cli])
-    print(f"# {args.steps} steps ({seconds:.0f} s of audio), font {font.name}, {args.rounds} rounds, medians")
+    print(f"# {steps} steps ({seconds:.0f} s of audio), font {font.name}, {rounds} rounds, medians")
     print(f"{'':26} {'wall s':>7} {'vs CLI':>7} {'CPU s':>7} {'vs CLI':>7} {'x real time':>12}")
     for name, values in times.items():
         wall = statistics.median(w for w, _ in values)
         cpu = statistics.median(c for _, c in values)
         print(f"{name:26} {wall:7.2f} {wall / wall_base:6.2f}x {cpu:7.2f} {cpu / cpu_base:6.2f}x {seconds / wall:12.0f}")
-
 
 if __name__ == "__main__":
     main()

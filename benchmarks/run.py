@@ -31,7 +31,7 @@ SUITE = {
     "write": (["bench_write.py"], ["bench_write.py", "--sizes", "10000", "1000000", "--anchors-up-to", "10000"], None),
     "read": (["bench_read.py"], ["bench_read.py", "--sizes", "10000x16", "100000x16", "--anchors-up-to", "10000"],
              None),
-    "render": (["bench_render.py"], ["bench_render.py", "--steps", "1000", "--rounds", "1"], "fluidsynth"),
+    "render": (["bench_render.py"], ["bench_render.py", "--steps", "480", "1000", "--rounds", "1"], "fluidsynth"),
     "live": (["bench_live.py", "--minutes", "3"], ["bench_live.py", "--minutes", "0.5"], "jackd"),
     "serve": (["bench_serve.py"], ["bench_serve.py", "--steps", "300", "--rounds", "1"], None),
     "distributed": (["bench_distributed.py"], ["bench_distributed.py", "--steps", "40", "--rounds", "2"], None),
