@@ -33,6 +33,7 @@ SUITE = {
              None),
     "render": (["bench_render.py"], ["bench_render.py", "--steps", "480", "1000", "--rounds", "1"], "fluidsynth"),
     "live": (["bench_live.py", "--minutes", "3"], ["bench_live.py", "--minutes", "0.5"], "jackd"),
+    "start": (["bench_start.py"], ["bench_start.py", "--rounds", "3"], None),
     "serve": (["bench_serve.py"], ["bench_serve.py", "--steps", "300", "--rounds", "1"], None),
     "distributed": (["bench_distributed.py"], ["bench_distributed.py", "--steps", "40", "--rounds", "2"], None),
 }
