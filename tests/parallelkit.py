@@ -2,7 +2,8 @@
 
 ``launch(out)`` starts ``python tests/parallelkit.py RANK 4 PORT OUT`` on 4 ranks: FSDP2 + tensor
 parallelism on a (dp=2, tp=2) mesh, torchtitan's way (``parallelize_module`` with column- and
-row-wise plans and sequence-parallel norms, then ``fully_shard`` over dp); tensor parallelism
+row-wise plans and sequence-parallel norms, then ``fully_shard`` over dp), and HSDP + tensor
+parallelism on a (replicate=1, dp=2, tp=2) mesh; tensor parallelism
 alone over 4 ranks (its sequence-parallel norms have Partial gradients); a 2-stage pipeline
 whose stages are sharded over dp=2; two plain 2-stage pipelines side by side. Each rank
 writes what gradmidi saw to ``OUT/rank-R.json``: the collectives ``son.step()`` issued (torch's
@@ -161,8 +162,10 @@ def finish(son, rec, collectives, references, losses, rank, **extra) -> dict:
     return result
 
 
-def run_tensor_parallel(rank: int, world: int, out: Path, *, fsdp: bool) -> dict:
-    """FSDP2 + TP on (dp=2, tp=2), or TP alone over every rank; the same global batch as one process."""
+def run_tensor_parallel(rank: int, world: int, out: Path, name: str) -> dict:
+    """The same global batch as one process: "fsdp_tp", FSDP2 + TP on (dp=2, tp=2); "hsdp_tp", HSDP + TP
+    on (replicate=1, shard=2, tp=2), whose sum runs over two of its three dimensions; "tp", TP alone
+    over every rank."""
     import torch
     from torch.distributed.device_mesh import init_device_mesh
 
@@ -170,22 +173,23 @@ def run_tensor_parallel(rank: int, world: int, out: Path, *, fsdp: bool) -> dict
 
     reference = transformer_block()
     model = transformer_block()
+    fsdp = name != "tp"
     if fsdp:
         from torch.distributed.fsdp import fully_shard
 
-        mesh = init_device_mesh("cpu", (2, world // 2), mesh_dim_names=("dp", "tp"))
-        tp_mesh, dp_rank, dp_size = mesh["tp"], mesh.get_local_rank("dp"), 2
+        names = ("replicate", "dp", "tp") if name == "hsdp_tp" else ("dp", "tp")
+        mesh = init_device_mesh("cpu", (1, 2, 2) if name == "hsdp_tp" else (2, 2), mesh_dim_names=names)
+        tp_mesh, dp_rank, dp_size, dp_mesh = mesh["tp"], mesh.get_local_rank("dp"), 2, mesh[names[:-1]]
     else:
-        tp_mesh = mesh = init_device_mesh("cpu", (world,), mesh_dim_names=("tp",))
+        tp_mesh = init_device_mesh("cpu", (world,), mesh_dim_names=("tp",))
         dp_rank, dp_size = 0, 1
-    name = "fsdp_tp" if fsdp else "tp"
     rec = recorder()
     # made before the model is parallelised: its layers' new (DTensor) parameters are found at the first step
     son = gradmidi.Sonifier(model, out / f"{name}-rank{rank}.mid", sinks=[rec], flush_interval=0.2)
     tensor_parallel(model, tp_mesh)
     if fsdp:
         for layer in (model.attention, model):
-            fully_shard(layer, mesh=mesh["dp"])
+            fully_shard(layer, mesh=dp_mesh)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     ref_opt = torch.optim.SGD(reference.parameters(), lr=0.1)
     tp_rank, tp_size = tp_mesh.get_local_rank(), tp_mesh.size()
@@ -288,8 +292,7 @@ def main() -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     results = {"pipeline": run_pipeline(rank, world, out), "separate": run_pipeline(rank, world, out, separate=True),
-               "fsdp_tp": run_tensor_parallel(rank, world, out, fsdp=True),
-               "tp": run_tensor_parallel(rank, world, out, fsdp=False)}
+               **{name: run_tensor_parallel(rank, world, out, name) for name in ("fsdp_tp", "hsdp_tp", "tp")}}
     gc.collect()  # models and meshes in reference cycles hold process groups: free them while torch is alive
     dist.destroy_process_group()
     results["seconds"] = time.perf_counter() - started

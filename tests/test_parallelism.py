@@ -37,6 +37,13 @@ def test_fsdp2_with_tensor_parallelism_on_a_2x2_mesh_equals_a_single_process_run
     assert set(map(tuple, zero["norm_grad_placements"].values())) == {("S(0)", "R")}
 
 
+def test_hsdp_with_tensor_parallelism_on_a_3d_mesh_sums_over_its_shard_and_tp_dimensions(run):
+    _, results = run
+    zero = results[0]["hsdp_tp"]
+    assert set(map(tuple, zero["norm_grad_placements"].values())) == {("R", "S(0)", "R")}
+    assert_norms_equal_the_single_process_run(zero)
+
+
 def test_sequence_parallel_norms_with_partial_gradients_are_summed_before_they_are_squared(run):
     _, results = run
     zero = results[0]["tp"]
@@ -70,6 +77,6 @@ def test_stages_built_as_separate_modules_are_told_apart_by_their_stage(run):
 def test_one_collective_per_step_on_every_rank(run):
     _, results = run
     for rank in range(WORLD):
-        for name in ("pipeline", "separate", "fsdp_tp", "tp"):
+        for name in ("pipeline", "separate", "fsdp_tp", "hsdp_tp", "tp"):
             assert results[rank][name]["collectives"] == [1] * STEPS, (rank, name)
             assert results[rank][name]["steps"] == STEPS
