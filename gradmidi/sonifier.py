@@ -8,7 +8,8 @@ by ``queue_size`` steps, a step is dropped and counted rather than stalling trai
 
 Under torch.distributed only global rank zero sounds: the other ranks open no sink and
 start no thread. They do only what correctness needs: nothing per step under DDP (its
-gradients are already averaged), their part of the step's one all-reduce under FSDP2.
+gradients are already averaged), their part of the step's one all-reduce under FSDP2, tensor
+and pipeline parallelism.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class Sonifier:
     Args:
         model: the ``torch.nn.Module`` being trained; wrappers (DDP, DeepSpeed, FSDP2, torch.compile,
             activation checkpointing, PEFT adapters) are looked past: layers are named as you wrote them.
+            Under pipeline parallelism, this rank's ``PipelineStage`` (or a list of its stages).
         path: the .mid file to write while training runs (crash-safe), or None.
 
         scale, key: the musical scale (``gradmidi.SCALES``) and its key ("A", "F#", "Bb").
