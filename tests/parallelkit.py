@@ -183,7 +183,7 @@ def run_tensor_parallel(rank: int, world: int, out: Path, name: str) -> dict:
     else:
         tp_mesh = init_device_mesh("cpu", (world,), mesh_dim_names=("tp",))
         dp_rank, dp_size = 0, 1
-    rec = recorder()
+    rec, extra = recorder(), {}
     # made before the model is parallelised: its layers' new (DTensor) parameters are found at the first step
     son = gradmidi.Sonifier(model, out / f"{name}-rank{rank}.mid", sinks=[rec], flush_interval=0.2)
     tensor_parallel(model, tp_mesh)
@@ -207,10 +207,28 @@ def run_tensor_parallel(rank: int, world: int, out: Path, name: str) -> dict:
         losses.append(float(ref_loss.detach()))
         placements = {n: [str(pl) for pl in p.grad.placements] for n, p in model.named_parameters()
                       if n.endswith("norm.weight")}
+        if name == "tp" and step == 0:
+            extra = partial_gradients_as_a_pipeline_stage(model, world)
         for o in (opt, ref_opt):
             o.step()
             o.zero_grad()
-    return finish(son, rec, collectives, references, losses, rank, norm_grad_placements=placements)
+    return finish(son, rec, collectives, references, losses, rank, norm_grad_placements=placements, **extra)
+
+
+def partial_gradients_as_a_pipeline_stage(model, world: int) -> dict:
+    """The same gradients captured as if the model were a pipeline stage that every rank holds: Partial
+    gradients cannot be summed there (the other stages could not know their size)."""
+    import warnings
+
+    from gradmidi.capture import NormCapture, discover_layers
+
+    layers = discover_layers(model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        capture = NormCapture(layers, holders={layer.name: world for layer in layers})
+        norms, present, _ = capture.launch().result()
+        capture.release()
+    return {"stage_norms": norms.tolist(), "stage_warnings": [str(w.message) for w in caught if "gradmidi" in str(w.message)]}
 
 
 def cut_stack(model, stage_index: int):

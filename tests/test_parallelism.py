@@ -52,6 +52,16 @@ def test_sequence_parallel_norms_with_partial_gradients_are_summed_before_they_a
     assert zero["losses"] == pytest.approx(zero["reference_losses"], rel=1e-5)  # every rank sees the whole batch
 
 
+def test_partial_gradients_in_a_pipeline_stage_are_left_out_with_a_warning(run):
+    _, results = run
+    zero = results[0]["tp"]
+    norm_layers = [i for i, name in enumerate(BLOCK) if name.endswith("norm")]
+    assert zero["stage_norms"] == pytest.approx([0.0 if i in norm_layers else v
+                                                 for i, v in enumerate(zero["reference"][0])], rel=1e-5, abs=0)
+    [warning] = zero["stage_warnings"]
+    assert "attention_norm, ffn_norm, norm have Partial (unreduced) gradients" in warning
+
+
 def test_every_pipeline_stage_reaches_rank_zero_with_the_last_stage_loss(run):
     out, results = run
     assert [results[rank]["pipeline"]["stage"] for rank in range(WORLD)] == [0, 0, 1, 1]  # rank 0: stage 0 only
