@@ -275,6 +275,11 @@ def run_pipeline(rank: int, world: int, out: Path, *, separate: bool = False) ->
         fully_shard(model, mesh=mesh["dp"])
     stage = PipelineStage(model, stage_index, 2, torch.device("cpu"), group=mesh.get_group("pp"))
     schedule = ScheduleGPipe(stage, n_microbatches=2, loss_fn=torch.nn.functional.mse_loss)
+    try:  # a stage next to something else: refused before any collective
+        gradmidi.Sonifier([stage, model], None)
+        refused = ""
+    except gradmidi.GradmidiError as exc:
+        refused = str(exc)
     rec = recorder()
     name = "separate" if separate else "pipeline"
     son = gradmidi.Sonifier(stage, out / f"{name}-rank{rank}.mid", sinks=[rec], flush_interval=0.2)
@@ -299,7 +304,8 @@ def run_pipeline(rank: int, world: int, out: Path, *, separate: bool = False) ->
         for o in (opt, ref_opt):
             o.step()
             o.zero_grad()
-    return finish(son, rec, collectives, references, losses, rank, stage=stage_index, sounding=son.sounding)
+    return finish(son, rec, collectives, references, losses, rank, stage=stage_index, sounding=son.sounding,
+                  refused=refused)
 
 
 def main() -> None:

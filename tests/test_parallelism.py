@@ -76,6 +76,12 @@ def test_every_pipeline_stage_reaches_rank_zero_with_the_last_stage_loss(run):
     assert not (out / "pipeline-rank2.mid").exists()
 
 
+def test_a_stage_given_with_something_else_is_refused_in_one_line(run):
+    _, results = run
+    refused = results[0]["pipeline"]["refused"]
+    assert refused.startswith("give the Sonifier this rank's pipeline stages only") and "\n" not in refused
+
+
 def test_stages_built_as_separate_modules_are_told_apart_by_their_stage(run):
     _, results = run
     zero = results[0]["separate"]
