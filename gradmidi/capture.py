@@ -6,15 +6,26 @@ into a per-layer vector with ``index_add_`` (the ``clip_grad_norm_`` recipe), th
 starts one non-blocking copy of that vector per device. The host reads it later, on
 the gradmidi worker thread, once the copy's event has completed.
 
-FSDP2 (``fully_shard``): gradients are DTensors. Each rank squares the norms of its local
-shards the same way, then one all-reduce (SUM, ``async_op``) per step, over the sharding
-group, adds every layer's squares at once; the worker waits for it. Gradients not sharded
-over that group are divided by its size first, so they count once. The sum keeps NaN and Inf.
+Sharded gradients (FSDP2, HSDP, tensor parallelism: DTensors on a mesh of one or more
+dimensions). Each rank squares the norms of its local shards the same way, then one all-reduce
+(SUM, ``async_op``) per step adds every layer's squares at once, over the mesh dimensions any
+parameter is sharded over; the worker waits for it. A local square that several ranks of that
+group hold alike (a gradient replicated over a mesh dimension, a plain tensor) is weighted by
+1/copies first, so it counts once (TransformerEngine #715's pitfall). Sequence-parallel norm
+layers without FSDP have Partial gradients, whose squares do not add: their local values ride
+in the same all-reduce and are squared on the host once summed. Under FSDP2 they are already
+reduced (FSDP2 redistributes them to Replicate before its reduce-scatter). The sum keeps NaN and Inf.
+
+Pipeline parallelism (``holders``): a rank holds only its stages' layers. The all-reduce then
+runs over every rank; each writes its own layers' squares, which layers had a gradient and its
+loss, zeros elsewhere, so rank 0 hears every stage.
 """
 
 from __future__ import annotations
 
+import math
 import operator
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import repeat
@@ -34,8 +45,32 @@ if TYPE_CHECKING:
 # whether they are DTensors, their weights or None, whether any is sparse).
 _Entry = tuple[list[int], torch.Tensor, bool, "torch.Tensor | None", bool]
 _Plan = list[tuple[torch.device, list[_Entry]]]
-# FSDP2: (the sharding group, each parameter's weight, the home device of the local shards)
-_Sharding = tuple["ProcessGroup", np.ndarray, torch.device]
+
+
+class _Reduction(NamedTuple):
+    """How a step's per-layer values are summed across ranks: one all-reduce (SUM) over ``group``."""
+
+    group: ProcessGroup | None  # None: every rank (the default group)
+    dims: frozenset[int]  # the mesh dimensions the sum runs over
+    holders: np.ndarray  # per layer: how many ranks of the group hold it
+    home: torch.device  # where the summed vector lives
+    spread: bool  # pipeline stages: presence and loss travel in the sum too
+
+
+class _Partials(NamedTuple):
+    """Partial gradients (their local values are summed, then squared on the host)."""
+
+    idx: list[int]  # into grads
+    weights: torch.Tensor  # per element on the home device: 1/copies
+    owners: np.ndarray  # per element: its layer
+
+
+class _Prepared(NamedTuple):
+    """What a presence pattern needs each step, made once (see ``NormCapture._prepare``)."""
+
+    plan: _Plan
+    partials: _Partials | None
+    present: torch.Tensor | None  # spread: which layers this rank has a gradient for, on the home device
 
 
 class HostCopy(NamedTuple):
@@ -97,6 +132,15 @@ def _loss_parts(loss: Any) -> tuple[torch.Tensor | None, float | None]:
         raise GradmidiError(f"loss= must be a number or a one-element tensor, not {shown[:60]}") from None
 
 
+class _Summed(NamedTuple):
+    """One step's all-reduce: [squares | spread: presence, loss sum, loss count | partial values]."""
+
+    totals: torch.Tensor
+    work: Any  # the all-reduce's handle
+    spread: bool
+    partial_owners: np.ndarray | None  # per partial value: its layer
+
+
 class PendingNorms:
     """Host-side handle to one step's norms; ``result`` waits only on the gradmidi thread."""
 
@@ -108,29 +152,38 @@ class PendingNorms:
             self._loss = None if loss is None else float(loss)
 
     def __init__(self, parts: list[HostCopy], present: np.ndarray, n_layers: int, loss: float | None,
-                 reduced: tuple[torch.Tensor, Any] | None = None) -> None:
+                 reduced: _Summed | None = None) -> None:
         self._parts = parts
         self._present = present
         self._n = n_layers
         self._loss = loss
-        self._reduced = reduced  # (per-layer squares, all-reduce work) under FSDP2
+        self._reduced = reduced  # the step's all-reduce, when gradients are sharded
 
     def done(self) -> bool:
         """Whether this step's all-reduce (if any) has completed; never blocks."""
-        return self._reduced is None or self._reduced[1].is_completed()
+        return self._reduced is None or self._reduced.work.is_completed()
 
     def wait(self) -> None:
         if self._reduced is not None:
-            self._reduced[1].wait()
+            self._reduced.work.wait()
 
     def result(self) -> tuple[np.ndarray, np.ndarray, float | None]:
         """(per-layer norms, which layers had a gradient, loss)."""
-        squares = np.zeros(self._n, dtype=np.float64)
-        loss = self._loss
+        n = self._n
+        squares = np.zeros(n, dtype=np.float64)
+        loss, present = self._loss, self._present
         if self._reduced is not None:
-            totals, work = self._reduced
-            work.wait()
-            squares += totals.cpu().numpy()
+            self._reduced.work.wait()
+            summed = self._reduced.totals.cpu().numpy().astype(np.float64, copy=False)
+            squares += summed[:n]
+            rest = summed[n:]
+            if self._reduced.spread:
+                present = rest[:n] > 0
+                if rest[n + 1] > 0:  # the mean of the losses the ranks gave (a pipeline's last stage)
+                    loss = float(rest[n] / rest[n + 1])
+                rest = rest[n + 2:]
+            if self._reduced.partial_owners is not None:
+                squares += np.bincount(self._reduced.partial_owners, weights=np.square(rest), minlength=n)
         for part in self._parts:
             if part.ready is not None:
                 part.ready.synchronize()
@@ -142,8 +195,8 @@ class PendingNorms:
                 squares += values
         with np.errstate(invalid="ignore"):
             norms = np.sqrt(squares)
-        norms[~self._present] = np.nan
-        return norms, self._present.copy(), loss
+        norms[~present] = np.nan
+        return norms, present.copy(), loss
 
     @staticmethod
     def results(pendings: Sequence[PendingNorms]) -> list[tuple[np.ndarray, np.ndarray, float | None]]:
@@ -166,30 +219,40 @@ class PendingNorms:
 
 
 class NormCapture:
-    """Computes every layer's L2 gradient norm with a fixed number of fused kernels."""
+    """Computes every layer's L2 gradient norm with a fixed number of fused kernels.
 
-    def __init__(self, layers: list[Layer]) -> None:
+    ``holders``: under pipeline parallelism, how many ranks hold each layer (by name); the layers
+    of other ranks' stages are given without parameters.
+    """
+
+    def __init__(self, layers: list[Layer], holders: dict[str, int] | None = None) -> None:
         self.layers = layers
         self._params = [p for layer in layers for p in layer.params]
         self._owner = np.array([i for i, layer in enumerate(layers) for _ in layer.params], dtype=np.int64)
-        self._plans: dict[tuple[int, ...], _Plan] = {}
+        self._plans: dict[tuple[int, ...], _Prepared] = {}
         self._all = tuple(range(len(self._params)))
         self._all_present = np.ones(len(layers), dtype=bool)
         self._all_present[np.setdiff1d(np.arange(len(layers)), self._owner)] = False
         self._all_present.flags.writeable = False  # shared by every full step's PendingNorms
-        # FSDP2: (the sharding group, each parameter's weight: 1 if sharded over it, else 1/size)
-        self._sharding = _sharding(self._params)
+        self._reduction = _reduction(self._params, len(layers), None if holders is None else
+                                     np.array([holders[layer.name] for layer in layers], dtype=np.float64))
+        self._warned_partial = False
 
     def release(self) -> None:
         """Drops the process group and cached plans: a group still referenced when the interpreter
         shuts down is destroyed too late (gloo then aborts the process at exit)."""
-        self._sharding = None
+        self._reduction = None
         self._plans.clear()
 
     @property
     def reduces(self) -> bool:
-        """Whether each step runs an all-reduce (sharded parameters): every rank must launch."""
-        return self._sharding is not None
+        """Whether each step runs an all-reduce (sharded parameters, pipeline stages): every rank must launch."""
+        return self._reduction is not None
+
+    @property
+    def spread(self) -> bool:
+        """Whether other ranks hold layers of their own (pipeline stages): every rank's loss counts."""
+        return self._reduction is not None and self._reduction.spread
 
     def launch(self, loss: torch.Tensor | float | None = None, only: set[int] | None = None) -> PendingNorms:
         """Queue this step's norm kernels and host copies; returns at once.
@@ -211,15 +274,16 @@ class NormCapture:
             key = tuple(positions)
             present = np.zeros(len(self.layers), dtype=bool)
             present[self._owner[positions]] = True
-        plan = self._plans.get(key)
-        if plan is None:
+        prepared = self._plans.get(key)
+        if prepared is None:
             if len(self._plans) > 64:  # presence patterns churn (e.g. MoE): keep the cache small
                 self._plans.clear()
-            plan = self._plans[key] = self._plan(grads, list(positions))
+            prepared = self._plans[key] = self._prepare(grads, list(positions), present)
 
         loss_device = loss_tensor.device if loss_tensor is not None else None
-        if self._sharding is not None:
-            return self._launch_sharded(self._sharding, plan, grads, present, loss_tensor, host_loss)
+        if self._reduction is not None:
+            return self._launch_reduced(self._reduction, prepared, grads, present, loss_tensor, host_loss)
+        plan = prepared.plan
         parts: list[HostCopy] = []
         devices = [d for d, _ in plan]
         if loss_device is not None and loss_device not in devices:
@@ -233,23 +297,31 @@ class NormCapture:
             parts.append(HostCopy(*_to_host(totals), has_loss))
         return PendingNorms(parts, present, len(self.layers), host_loss)
 
-    def _launch_sharded(self, sharding: _Sharding, plan: _Plan, grads: list[torch.Tensor], present: np.ndarray,
-                        loss_tensor: torch.Tensor | None, host_loss: float | None) -> PendingNorms:
-        """Local squares, then one asynchronous all-reduce of every layer's squares together."""
+    def _launch_reduced(self, reduction: _Reduction, prepared: _Prepared, grads: list[torch.Tensor],
+                        present: np.ndarray, loss_tensor: torch.Tensor | None, host_loss: float | None) -> PendingNorms:
+        """Local squares (and the rest of the layout, see ``_Summed``), then one asynchronous all-reduce."""
         import torch.distributed as dist
 
-        group, home = sharding[0], sharding[2]
-        totals: torch.Tensor | None = None
-        for device, entries in plan:
-            squares = self._squares(device, entries, grads)
-            totals = squares if totals is None else totals + squares.to(totals.device)
-        if totals is None:  # no gradient on this rank: still take part in the collective
-            totals = torch.zeros(len(self.layers), dtype=_acc_dtype(home), device=home)
-        work = dist.all_reduce(totals, op=dist.ReduceOp.SUM, group=group, async_op=True)
+        n, home, partials = len(self.layers), reduction.home, prepared.partials
+        size = n + (n + 2 if reduction.spread else 0) + (0 if partials is None else len(partials.owners))
+        summed = torch.zeros(size, dtype=_acc_dtype(home), device=home)  # a rank without gradients takes part too
+        for device, entries in prepared.plan:
+            summed[:n] += self._squares(device, entries, grads).to(home)
+        if reduction.spread:  # which layers had a gradient here, then this rank's loss and whether it gave one
+            summed[n:2 * n] = cast("torch.Tensor", prepared.present)
+            given = loss_tensor.reshape(-1)[0] if loss_tensor is not None else host_loss
+            if given is not None:
+                summed[2 * n], summed[2 * n + 1] = given, 1.0  # device writes, not host reads
+        if partials is not None:
+            shards = cast("list[DTensor]", grads)
+            values = torch.cat([shards[j]._local_tensor.reshape(-1) for j in partials.idx])  # views, then one copy
+            summed[size - len(partials.owners):].copy_(values).mul_(partials.weights)
+        work = dist.all_reduce(summed, op=dist.ReduceOp.SUM, group=reduction.group, async_op=True)
         parts: list[HostCopy] = []
-        if loss_tensor is not None:
+        if loss_tensor is not None and not reduction.spread:
             parts.append(HostCopy(*_to_host(loss_tensor.reshape(-1)[:1].to(torch.float64)), True))
-        return PendingNorms(parts, present, len(self.layers), host_loss, reduced=(totals, work))
+        return PendingNorms(parts, present, n, host_loss,
+                            _Summed(summed, work, reduction.spread, None if partials is None else partials.owners))
 
     def _squares(self, device: torch.device, entries: Sequence[_Entry], grads: list[torch.Tensor],
                  extra: int = 0) -> torch.Tensor:
@@ -271,63 +343,121 @@ class NormCapture:
             totals.index_add_(0, owners, squares)
         return totals
 
-    def _plan(self, grads: list[torch.Tensor], positions: list[int]) -> _Plan:
-        """Per device, the entries of ``_squares`` (see ``_Entry``)."""
+    def _prepare(self, grads: list[torch.Tensor], positions: list[int], present: np.ndarray) -> _Prepared:
+        """The plan of ``_squares`` (see ``_Entry``) per device; under a reduction, the Partial gradients
+        and this rank's presence too."""
+        reduction = self._reduction
+        weights = np.ones(len(grads))
+        partial: list[int] = []
+        lost: list[int] = []
+        if reduction is not None:
+            for j, g in enumerate(grads):
+                weights[j] = _weight(g, reduction, reduction.holders[self._owner[positions[j]]])
+                dims = _partial_dims(g)
+                if dims:
+                    (lost if reduction.spread or not dims <= reduction.dims else partial).append(j)
+            if lost:
+                self._warn_partial(positions, lost)
         by_device: dict[torch.device, dict[tuple[torch.dtype, bool], list[int]]] = {}
+        taken = set(partial + lost)
         for j, g in enumerate(grads):
-            kind = (g.dtype, hasattr(g, "device_mesh"))  # a DTensor: its local shard is read
-            by_device.setdefault(g.device, {}).setdefault(kind, []).append(j)
+            if j not in taken:
+                kind = (g.dtype, hasattr(g, "device_mesh"))  # a DTensor: its local shard is read
+                by_device.setdefault(g.device, {}).setdefault(kind, []).append(j)
         plan: _Plan = []
         for device, by_kind in by_device.items():
             entries: list[_Entry] = []
             for (_, local), idx in by_kind.items():
-                params = [positions[j] for j in idx]
-                owners = _on_device(self._owner[params], device)
-                weights = None
-                if self._sharding is not None and (self._sharding[1][params] != 1.0).any():
-                    weights = _on_device(self._sharding[1][params].astype(np.float32 if device.type == "mps"
-                                                                          else np.float64), device)
+                owners = _on_device(self._owner[[positions[j] for j in idx]], device)
+                scale = None
+                if (weights[idx] != 1.0).any():
+                    scale = _on_device(weights[idx].astype(np.float32 if device.type == "mps" else np.float64), device)
                 sparse = any(grads[j].is_sparse for j in idx)
-                entries.append((idx, owners, local, weights, sparse))
+                entries.append((idx, owners, local, scale, sparse))
             plan.append((device, entries))
-        return plan
+        if reduction is None:
+            return _Prepared(plan, None, None)
+        acc = np.float32 if reduction.home.type == "mps" else np.float64
+        partials = None
+        if partial:
+            sizes = [cast("DTensor", grads[j])._local_tensor.numel() for j in partial]
+            partials = _Partials(partial, _on_device(np.repeat(weights[partial], sizes).astype(acc), reduction.home),
+                                 np.repeat(self._owner[[positions[j] for j in partial]], sizes))
+        here = _on_device(present.astype(acc), reduction.home) if reduction.spread else None
+        return _Prepared(plan, partials, here)
+
+    def _warn_partial(self, positions: list[int], lost: list[int]) -> None:
+        """Partial gradients gradmidi cannot sum: under pipeline stages (the other stages cannot know
+        their size in advance), or partial over a mesh dimension nothing is sharded over."""
+        if not self._warned_partial:
+            self._warned_partial = True
+            names = sorted({self.layers[self._owner[positions[j]]].name for j in lost})
+            warnings.warn(f"gradmidi: layers {', '.join(names)} have Partial (unreduced) gradients that gradmidi "
+                          "cannot sum here: their norms leave those out (fully_shard reduces them)",
+                          RuntimeWarning, stacklevel=5)
 
 
-def _sharding(params: list[torch.nn.Parameter]) -> _Sharding | None:
-    """(process group, per-parameter weights, home device) when parameters are sharded DTensors.
+def _reduction(params: list[torch.nn.Parameter], n_layers: int, holders: np.ndarray | None) -> _Reduction | None:
+    """How each step's values are summed across ranks; None when no sum is needed.
 
-    The group is the one mesh dimension the parameters are sharded over (HSDP: the shard
-    dimension, not the replicate one). A gradient sharded over it counts fully; any other
-    (replicated over it, or a plain tensor) is the same on every rank of the group, so each
-    rank adds 1/size of its square. None when nothing is sharded: no collective is needed.
+    Without pipeline stages (``holders`` None): over the mesh dimensions any parameter is sharded
+    over (FSDP2: its one dimension; HSDP: the shard dimension, not the replicate one; FSDP2 with
+    tensor parallelism: both), so that every rank holds every layer. With them: over every rank.
     """
     if not torch.distributed.is_available():
         return None
     from torch.distributed.tensor import DTensor
 
     dtensors = [p for p in params if isinstance(p, DTensor)]
-    if not dtensors:
-        return None
-    mesh = dtensors[0].device_mesh
-    dims: set[int] = set()
+    mesh = dtensors[0].device_mesh if dtensors else None
     for p in dtensors:
         if p.device_mesh != mesh:
             raise GradmidiError("gradmidi needs every sharded parameter on one device mesh; "
                                 f"found {mesh} and {p.device_mesh}")
         if any(pl.is_partial() for pl in p.placements):
             raise GradmidiError("a parameter with a Partial placement cannot be sounded: reduce it first")
-        dims.update(d for d, pl in enumerate(p.placements) if pl.is_shard())
-    if not dims:
+    home = dtensors[0].to_local().device if dtensors else (params[0].device if params else torch.device("cpu"))
+    if holders is not None:
+        return _Reduction(None, frozenset(range(mesh.ndim)) if mesh is not None else frozenset(), holders, home, True)
+    dims = frozenset(d for p in dtensors for d, pl in enumerate(p.placements) if pl.is_shard())
+    if mesh is None or not dims:
         return None
-    if len(dims) > 1:
-        raise GradmidiError("gradmidi reduces over one sharded mesh dimension (FSDP2 or HSDP); these "
-                            f"parameters are sharded over mesh dimensions {sorted(dims)}")
-    dim = dims.pop()
-    size = mesh.size(dim)
-    weights = np.array([1.0 if isinstance(p, DTensor) and p.placements[dim].is_shard() else 1.0 / size
-                        for p in params])
-    home = dtensors[0].to_local().device
-    return mesh.get_group(dim), weights, home
+    group_size = math.prod(mesh.size(d) for d in dims)
+    return _Reduction(_group_over(mesh, dims), dims, np.full(n_layers, float(group_size)), home, False)
+
+
+def _group_over(mesh: Any, dims: frozenset[int]) -> ProcessGroup | None:
+    """The process group spanning ``dims`` of ``mesh`` (None: the default group, when that is every rank)."""
+    import torch.distributed as dist
+
+    if len(dims) == 1:
+        return mesh.get_group(next(iter(dims)))
+    if len(dims) == mesh.ndim and mesh.size() == dist.get_world_size():
+        return None
+    names = mesh.mesh_dim_names
+    if names is None:
+        raise GradmidiError(f"gradmidi sums gradients over mesh dimensions {sorted(dims)} together: give the "
+                            "device mesh mesh_dim_names so that they can be flattened into one group")
+    return mesh[tuple(names[d] for d in sorted(dims))]._flatten().get_group()
+
+
+def _weight(grad: torch.Tensor, reduction: _Reduction, holders: float) -> float:
+    """1/copies of ``grad``'s local values that the sum adds up.
+
+    Of the ``holders`` ranks of the group that hold the layer, those that differ only in a mesh
+    dimension the gradient is replicated over hold the same values; over the dimensions it is
+    sharded or partial over they differ. A plain tensor is the same on every holder.
+    """
+    placements = getattr(grad, "placements", None)
+    if placements is None:
+        return 1.0 / holders
+    mesh = cast("DTensor", grad).device_mesh
+    return math.prod(mesh.size(d) for d in reduction.dims if not placements[d].is_replicate()) / holders
+
+
+def _partial_dims(grad: torch.Tensor) -> frozenset[int]:
+    """The mesh dimensions a DTensor gradient is Partial over (sequence-parallel norms without FSDP)."""
+    return frozenset(d for d, pl in enumerate(getattr(grad, "placements", ())) if pl.is_partial())
 
 
 def _acc_dtype(device: torch.device) -> torch.dtype:

@@ -1,7 +1,8 @@
 """torch.distributed awareness: which rank sounds, DDP wrappers, and steps whose gradients
 were not synchronised (DDP's ``no_sync()``, FSDP2's ``set_requires_gradient_sync(False)``).
 
-FSDP2's sharded gradients are reduced in capture.py; this module only decides who does what.
+Sharded gradients (FSDP2, tensor parallelism) are reduced in capture.py, pipeline stages' layers
+gathered in stages.py; this module only decides who does what.
 """
 
 from __future__ import annotations

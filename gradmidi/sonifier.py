@@ -8,7 +8,8 @@ by ``queue_size`` steps, a step is dropped and counted rather than stalling trai
 
 Under torch.distributed only global rank zero sounds: the other ranks open no sink and
 start no thread. They do only what correctness needs: nothing per step under DDP (its
-gradients are already averaged), their part of the step's one all-reduce under FSDP2.
+gradients are already averaged), their part of the step's one all-reduce under FSDP2, tensor
+and pipeline parallelism.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from .score import MarkerRecord, ScoreHeader, StepRecord
 from .session import ScoreSession
 from .sinks.base import Sink
 from .sinks.factory import LiveSpec, build_sinks, check_audio, check_user_sinks
+from .stages import gather_layers, pipeline_stages
 from .voices import LayerRecord, plan_voices
 from .wrappers import user_model
 
@@ -53,6 +55,7 @@ class Sonifier:
     Args:
         model: the ``torch.nn.Module`` being trained; wrappers (DDP, DeepSpeed, FSDP2, torch.compile,
             activation checkpointing, PEFT adapters) are looked past: layers are named as you wrote them.
+            Under pipeline parallelism, this rank's ``PipelineStage`` (or a list of its stages).
         path: the .mid file to write while training runs (crash-safe), or None.
 
         scale, key: the musical scale (``gradmidi.SCALES``) and its key ("A", "F#", "Bb").
@@ -171,9 +174,12 @@ class Sonifier:
         # Only rank zero sounds, unless each rank asks to (then give each its own path).
         self.sounding = self.rank == 0 or not rank_zero_only
         self.audio = check_audio(audio, path, soundfont, self.sounding)
-        model = unwrap(model)
+        stages = pipeline_stages(model)  # pipeline parallelism: every stage's layers, from every rank
+        piped = gather_layers(stages) if stages is not None else None
+        model = unwrap(piped.module if piped is not None else model)
         self._model = model
-        layers, table, assignment = _voice_plan(model, include_frozen, voices=voices, programs=programs,
+        layers, table, assignment = _voice_plan(piped.layers if piped is not None else model_layers(model),
+                                                include_frozen, voices=voices, programs=programs,
                                                 max_voices=max_voices, factors=adapter_factors)
         model_name = layer_class_name(user_model(model))
         self.header = ScoreHeader(
@@ -187,12 +193,13 @@ class Sonifier:
         )
         self.voices = table
         self.layers = layers
-        self._capture = NormCapture(layers)
+        self._capture = NormCapture(layers, piped.holders if piped is not None else None)
         # aggregate="last" sounds a slot's last step only, so the others need not be captured at all.
         self._sample_every = clock.every if aggregate == "last" else 1
-        # Distributed: skip steps whose gradients were not synchronised (gradient accumulation).
-        self._sync_watch = GradientSyncWatch(model) if world > 1 else None
-        self._rebind_params = world > 1
+        # Distributed: skip steps whose gradients were not synchronised (gradient accumulation). A pipeline
+        # schedule syncs its stages' gradients by the end of its step() itself.
+        self._sync_watch = GradientSyncWatch(model) if world > 1 and piped is None else None
+        self._rebind_params = self._sync_watch is not None
         self.unsynced_steps = 0
         self._steps = 0
         self._epochs = 0
@@ -284,8 +291,8 @@ class Sonifier:
             return None
         only = _param_ids(optimizer) if optimizer is not None else None
         if not self.sounding:
-            if self._capture.reduces:  # FSDP2: this rank's part of the step's one all-reduce
-                self._keep_in_flight(self._capture.launch(None, only))
+            if self._capture.reduces:  # this rank's part of the step's one all-reduce (with its loss: pipelines)
+                self._keep_in_flight(self._capture.launch(loss if self._capture.spread else None, only))
             self._steps += 1
             return None
         scaling = bool(scaler is not None and scaler.is_enabled())
@@ -480,9 +487,9 @@ def _clock_of(bpm: float | None, duration: float | None, total_steps: int | None
     return clock
 
 
-def _voice_plan(model: Any, include_frozen: bool, **planning: Any) -> tuple[list[Layer], tuple, np.ndarray]:
-    """(the layers captured, the voice table, each captured layer's voice)."""
-    everything = model_layers(model)
+def _voice_plan(everything: list[Layer], include_frozen: bool,
+                **planning: Any) -> tuple[list[Layer], tuple, np.ndarray]:
+    """(the layers captured, the voice table, each captured layer's voice) of every layer of the model."""
     if not include_frozen and everything and not any(layer.trainable for layer in everything):
         raise GradmidiError("every parameter of the model is frozen (requires_grad=False): nothing will have a "
                             "gradient to hear; pass include_frozen=True to sound frozen layers anyway")

@@ -24,13 +24,14 @@ GLOBAL_BATCH = 8  # split evenly over 2 or 4 ranks
 IN, WIDTH = 4, 8
 
 
-def launch(world: int, out: Path, timeout: float = 120) -> list[dict]:
+def launch(world: int, out: Path, timeout: float = 120, script: str = __file__) -> list[dict]:
+    """Runs ``script`` (this file, or another kit with the same command line) on ``world`` ranks."""
     sys.path.insert(0, str(Path(__file__).parent))
     from jackkit import free_port
 
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, __file__, str(rank), str(world), str(port), str(out)],
+    procs = [subprocess.Popen([sys.executable, script, str(rank), str(world), str(port), str(out)],
                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, env=env, cwd=out)
              for rank in range(world)]

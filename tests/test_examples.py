@@ -117,3 +117,38 @@ def test_ddp_torchrun_example_sounds_rank_zero_and_skips_unsynced_micro_steps(tm
     summary = gradmidi.read_score(out).summary()
     assert summary["steps"] == 28
     assert [v["name"] for v in summary["voices"]] == ["0", "2", "3"]
+
+
+def torchrun(tmp_path, ranks: int, example: str, *args: str) -> str:
+    env = {**os.environ, "PYTHONPATH": str(EXAMPLES.parent), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks), "--master-port",
+         str(free_port()), str(EXAMPLES / example), *args],
+        capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL, env=env, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_fsdp_tp_torchrun_example_sounds_every_layer_of_a_2x2_mesh(tmp_path):
+    out = tmp_path / "tp.mid"
+    stdout = torchrun(tmp_path, 4, "fsdp_tp_torchrun.py", "--out", str(out), "--steps", "6")
+    assert "rank 0: 6 steps sounded" in stdout
+    assert [p.name for p in tmp_path.iterdir()] == ["tp.mid"]  # one file: rank zero's
+    summary = gradmidi.read_score(out).summary()
+    assert summary["steps"] == 6
+    names = [v["name"] for v in summary["voices"]]
+    assert names[0] == "embed" and names[-2:] == ["norm", "output"] and "layers.1.ffn_norm" in names
+    assert all(v["notes"] == 6 for v in summary["voices"])  # every voice sounded every step
+
+
+def test_pipeline_torchrun_example_hears_both_stages_on_rank_zero(tmp_path):
+    out = tmp_path / "pipeline.mid"
+    stdout = torchrun(tmp_path, 2, "pipeline_torchrun.py", "--out", str(out), "--steps", "8")
+    assert "rank 0: 8 steps sounded" in stdout
+    assert [p.name for p in tmp_path.iterdir()] == ["pipeline.mid"]
+    summary = gradmidi.read_score(out).summary()
+    assert summary["steps"] == 8
+    # rank zero holds the first stage (inp, layers.0, layers.1) only, yet every layer sounds
+    assert [v["name"] for v in summary["voices"]] == ["inp", "layers.0", "layers.1", "layers.2", "layers.3", "out"]
+    assert all(v["notes"] == 8 for v in summary["voices"])
