@@ -155,6 +155,81 @@ def test_lightning_with_two_optimizers_sounds_each_optimizer_step_with_its_own_l
     assert [v["notes"] for v in summary["voices"]] == [8, 8]
 
 
+def checkpointed_fit(tmp_path, callback, ckpt_path=None, every_n_train_steps=3, **options):
+    """A Lightning fit that saves checkpoints (every 3 optimizer steps, or 0: every epoch), or resumes one."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    saver = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{step}", save_top_k=-1,
+                            every_n_train_steps=every_n_train_steps or None,
+                            every_n_epochs=None if every_n_train_steps else 1)
+    module = Classifier()
+    torch.manual_seed(0)
+    options = dict(logger=False) | options
+    fit = L.Trainer(accelerator="cpu", devices=1, enable_progress_bar=False, enable_model_summary=False,
+                    default_root_dir=tmp_path, callbacks=[saver, callback], **options)
+    fit.fit(module, one_batch_over_and_over(), ckpt_path=ckpt_path)
+    return module
+
+
+def one_batch_over_and_over():
+    """8 equal batches an epoch: a resumed fit sees the batches the whole fit saw, wherever Lightning
+    restarts its (not resumable) loader."""
+    x, y = next(iter(loader(n=8)))
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x.repeat(8, 1), y.repeat(8)), batch_size=8)
+
+
+def pitches_by_step(path) -> dict[int, list[int]]:
+    score = gradmidi.read_score(path)
+    heard: dict[int, list[int]] = {}
+    for voice in range(len(score.header.voices)):
+        for slot, pitch, _ in score.notes.get(voice, []):
+            heard.setdefault(score.step_of(slot), []).append(int(pitch))
+    return heard
+
+
+@pytest.mark.parametrize("accumulate, at, total, markers", [
+    # 8 batches an epoch. Mid-epoch (2 batches a step: 4 steps an epoch): that epoch is not marked twice.
+    (2, 3, 6, ["epoch 0", "resumed at step 3", "epoch 1"]),
+    (1, 8, 10, ["epoch 0", "resumed at step 8", "epoch 1"]),  # from the end of an epoch
+])
+def test_lightning_fit_resumed_from_a_checkpoint_continues_its_score(tmp_path, accumulate, at, total, markers):
+    first, second = Recorder(), Recorder()
+    options = dict(max_steps=total, accumulate_grad_batches=accumulate, every_n_train_steps=at if at < 4 else 0)
+    whole = checkpointed_fit(tmp_path, LightningSonify(tmp_path / "run.mid", sinks=[first]), **options)
+    assert len(first.slots) == total
+    before = pitches_by_step(tmp_path / "run.mid")
+    callback = LightningSonify(tmp_path / "run.mid", sinks=[second])
+    resumed = checkpointed_fit(tmp_path, callback, ckpt_path=tmp_path / "ckpt" / f"step={at}.ckpt", **options)
+    assert callback.sonifier.steps == total and [s.first_step for s in second.slots] == list(range(at, total))
+    # The resumed steps sound what the resumed training did, which is what the whole run did.
+    np.testing.assert_allclose([s.norms for s in second.slots], resumed.seen, rtol=1e-6)
+    np.testing.assert_allclose([s.norms for s in second.slots], whole.seen[at:], rtol=1e-5)
+    summary = gradmidi.read_score(tmp_path / "run.mid").summary()
+    assert summary["steps"] == total and [text for _, text in summary["markers"]] == markers
+    after = pitches_by_step(tmp_path / "run.mid")
+    assert [after[step] for step in range(at)] == [before[step] for step in range(at)]
+    assert [[int(p) for p in s.pitches] for s in second.slots] == [after[step] for step in range(at, total)]
+
+
+def test_lightning_fresh_fit_over_an_earlier_score_starts_a_new_one(tmp_path):
+    checkpointed_fit(tmp_path, LightningSonify(tmp_path / "run.mid"), max_steps=6)
+    checkpointed_fit(tmp_path, LightningSonify(tmp_path / "run.mid"), max_steps=2)
+    summary = gradmidi.read_score(tmp_path / "run.mid").summary()
+    assert summary["steps"] == 2 and [text for _, text in summary["markers"]] == ["epoch 0"]
+
+
+def test_lightning_resume_follows_the_score_into_a_new_logger_version(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    checkpointed_fit(tmp_path, LightningSonify(), max_steps=6, logger=CSVLogger(tmp_path, name="logs"))
+    callback = LightningSonify()
+    checkpointed_fit(tmp_path, callback, ckpt_path=tmp_path / "ckpt" / "step=3.ckpt", max_steps=5,
+                     logger=CSVLogger(tmp_path, name="logs"))
+    assert not (tmp_path / "logs" / "version_1" / "gradmidi.mid").exists()
+    summary = gradmidi.read_score(tmp_path / "logs" / "version_0" / "gradmidi.mid").summary()
+    assert summary["steps"] == 5 and "resumed at step 3" in [text for _, text in summary["markers"]]
+
+
 class RankMark(Sink):
     """Leaves a file named after the process's rank when it is opened (picklable for ddp_spawn)."""
 
