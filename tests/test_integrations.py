@@ -290,9 +290,10 @@ def test_lightning_tensorboard_logger_grad_norms_replay_to_the_logged_values(tmp
 transformers = pytest.importorskip("transformers")
 
 
-def tiny_gpt2():
+def tiny_gpt2(initializer_range=0.02):
     torch.manual_seed(0)
-    config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=64, n_positions=16)
+    config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=64, n_positions=16,
+                                     initializer_range=initializer_range)
     return transformers.GPT2LMHeadModel(config)  # randomly initialised: nothing is downloaded
 
 
@@ -302,14 +303,23 @@ def token_data(n=48):
     return [{"input_ids": row, "labels": row} for row in ids]
 
 
-def hf_train(tmp_path, callback, **args):
+def hf_train(tmp_path, callback, resume_from_checkpoint=None, initializer_range=0.02, **args):
     options = dict(output_dir=str(tmp_path / "out"), max_steps=6, per_device_train_batch_size=4,
                    gradient_accumulation_steps=2, logging_steps=1, learning_rate=1e-2, report_to=[],
                    save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0) | args
-    trainer = transformers.Trainer(model=tiny_gpt2(), args=transformers.TrainingArguments(**options),
+    trainer = transformers.Trainer(model=tiny_gpt2(initializer_range), args=transformers.TrainingArguments(**options),
                                    train_dataset=token_data(), callbacks=[callback])
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     return trainer
+
+
+def logged_grad_norms(trainer, after=0):
+    """The Trainer's own total norm (before its clipping) of each step after ``after``."""
+    return [e["grad_norm"] for e in trainer.state.log_history if "grad_norm" in e and e["step"] > after]
+
+
+def totals(slots):
+    return [math.sqrt(np.sum(np.square(s.norms))) for s in slots]
 
 
 def test_transformers_sounds_each_optimizer_step_with_the_logged_loss(tmp_path):
@@ -328,14 +338,48 @@ def test_transformers_sounds_each_optimizer_step_with_the_logged_loss(tmp_path):
     np.testing.assert_allclose(totals, [e["grad_norm"] for e in logged], rtol=1e-4)  # the Trainer's own norm
 
 
-def test_transformers_hears_clipped_gradients_when_max_grad_norm_is_set(tmp_path):
+def test_transformers_hears_the_norms_from_before_the_trainers_clipping(tmp_path):
+    clipped, raw = Recorder(), Recorder()
+    # Weights 25x the usual size: gradient norms above 1 (max_grad_norm is 1.0 by default).
+    trainer = hf_train(tmp_path, _hf_callback(tmp_path / "clipped.mid", sinks=[clipped]), initializer_range=0.5)
+    hf_train(tmp_path, _hf_callback(tmp_path / "raw.mid", sinks=[raw]), initializer_range=0.5, max_grad_norm=0.0)
+    assert trainer.args.max_grad_norm == 1.0 and totals(raw.slots)[0] > 1.0  # the first step is clipped
+    np.testing.assert_allclose(clipped.slots[0].norms, raw.slots[0].norms, rtol=1e-5)
+    # Every step: the total the Trainer measured before it clipped (later steps differ from the raw run's,
+    # since clipping changed the training).
+    np.testing.assert_allclose(totals(clipped.slots), logged_grad_norms(trainer), rtol=1e-5)
+    assert sum(total > 1.0 for total in totals(clipped.slots)) >= 2
+
+
+def test_transformers_logging_window_loss_goes_to_the_logging_step(tmp_path):
     recorder = Recorder()
-    hf_train(tmp_path, _hf_callback(tmp_path / "clipped.mid", sinks=[recorder]), max_grad_norm=0.05,
-             logging_steps=4)
-    totals = [math.sqrt(np.sum(np.square(s.norms))) for s in recorder.slots]
-    assert len(totals) == 6 and max(totals) <= 0.05 * 1.001
+    hf_train(tmp_path, _hf_callback(tmp_path / "window.mid", sinks=[recorder]), logging_steps=4)
     # Logged every 4 steps: only the logging step carries the (window's mean) loss.
     assert [s.loss is not None for s in recorder.slots] == [False, False, False, True, False, False]
+
+
+def test_transformers_run_resumed_from_a_checkpoint_continues_its_score(tmp_path):
+    first, second = Recorder(), Recorder()
+    checkpoints = dict(save_strategy="steps", save_steps=3)
+    whole = hf_train(tmp_path, _hf_callback(tmp_path / "run.mid", sinks=[first]), **checkpoints)
+    before = pitches_by_step(tmp_path / "run.mid")
+    resumed = hf_train(tmp_path, _hf_callback(tmp_path / "run.mid", sinks=[second]),
+                       resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-3"), **checkpoints)
+    assert [s.first_step for s in second.slots] == [3, 4, 5]
+    # The resumed steps sound what the resumed training did, which is what the whole run did.
+    np.testing.assert_allclose(totals(second.slots), logged_grad_norms(resumed, after=3), rtol=1e-5)
+    np.testing.assert_allclose([s.norms for s in second.slots], [s.norms for s in first.slots[3:]], rtol=1e-5)
+    assert logged_grad_norms(resumed, after=3) == pytest.approx(logged_grad_norms(whole, after=3), rel=1e-5)
+    summary = gradmidi.read_score(tmp_path / "run.mid").summary()
+    assert summary["steps"] == 6
+    assert [text for _, text in summary["markers"]] == ["epoch 1", "resumed at step 3"]  # 6 steps an epoch
+    after = pitches_by_step(tmp_path / "run.mid")
+    assert [after[step] for step in range(3)] == [before[step] for step in range(3)]
+    assert [[int(p) for p in s.pitches] for s in second.slots] == [after[step] for step in range(3, 6)]
+    # A fresh run over the score starts a new one.
+    hf_train(tmp_path, _hf_callback(tmp_path / "run.mid"), max_steps=2)
+    summary = gradmidi.read_score(tmp_path / "run.mid").summary()
+    assert summary["steps"] == 2 and [text for _, text in summary["markers"]] == ["epoch 1"]
 
 
 def _hf_callback(path, **options):
