@@ -66,9 +66,9 @@ class Classifier(L.LightningModule):
 
 def trainer(tmp_path, callback, **options):
     torch.manual_seed(0)
-    return L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                     enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-                     callbacks=[callback], **options)
+    options = dict(logger=False) | options
+    return L.Trainer(accelerator="cpu", devices=1, enable_checkpointing=False, enable_progress_bar=False,
+                     enable_model_summary=False, default_root_dir=tmp_path, callbacks=[callback], **options)
 
 
 def test_lightning_sounds_one_slot_per_optimizer_step_with_the_unclipped_norms(tmp_path):
@@ -230,6 +230,71 @@ def test_lightning_resume_follows_the_score_into_a_new_logger_version(tmp_path):
     assert summary["steps"] == 5 and "resumed at step 3" in [text for _, text in summary["markers"]]
 
 
+def tensorboard_media(folder):
+    """(audio clips, images) under gradmidi/ in the TensorBoard event files of ``folder``, read back."""
+    from tensorboard.backend.event_processing.event_accumulator import AUDIO, IMAGES, EventAccumulator
+
+    events = EventAccumulator(str(folder), size_guidance={AUDIO: 0, IMAGES: 0})
+    events.Reload()
+    tags = events.Tags()
+    audio = [events.Audio(t) for t in tags["audio"] if t.startswith("gradmidi/")]
+    images = [events.Images(t) for t in tags["images"] if t.startswith("gradmidi/")]
+    return tags, audio, images
+
+
+def test_lightning_tensorboard_logger_gets_the_scores_audio_and_plot(tmp_path):
+    import io
+    import wave
+
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    fit = trainer(tmp_path, LightningSonify(), max_steps=16, max_epochs=2, logger=TensorBoardLogger(tmp_path, "tb"))
+    fit.fit(Classifier(), loader())
+    tags, audio, images = tensorboard_media(tmp_path / "tb" / "version_0")
+    assert "gradmidi/audio" in tags["audio"] and "gradmidi/plot" in tags["images"]
+    [[clip]], [[image]] = audio, images
+    assert clip.step == image.step == 16 and clip.sample_rate == 22050
+    with wave.open(io.BytesIO(clip.encoded_audio_string)) as sound:
+        samples = np.frombuffer(sound.readframes(sound.getnframes()), dtype=np.int16)
+    seconds = gradmidi.read_score(tmp_path / "tb" / "version_0" / "gradmidi.mid").summary()["seconds"]
+    assert sound.getnchannels() == 1 and len(samples) / 22050 >= seconds  # the whole score, and its tail
+    assert np.abs(samples).max() > 1000  # it sounds
+    from PIL import Image
+
+    picture = Image.open(io.BytesIO(image.encoded_image_string))
+    assert picture.size == (image.width, image.height) and image.width > 400 and image.height > 200
+    assert len(set(np.asarray(picture.convert("L")).flatten().tolist())) > 10  # drawn, not blank
+
+
+def test_lightning_dashboards_false_leaves_tensorboard_alone(tmp_path):
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    fit = trainer(tmp_path, LightningSonify(dashboards=False), max_steps=3, logger=TensorBoardLogger(tmp_path, "tb"))
+    fit.fit(Classifier(), loader())
+    tags, audio, images = tensorboard_media(tmp_path / "tb" / "version_0")
+    assert audio == images == [] and (tmp_path / "tb" / "version_0" / "gradmidi.mid").exists()
+
+
+def test_lightning_wandb_logger_offline_gets_the_scores_audio_and_plot(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    import soundfile
+    from lightning.pytorch.loggers import WandbLogger
+
+    for name, value in dict(WANDB_MODE="offline", WANDB_SILENT="true", WANDB_DIR=str(tmp_path),
+                            WANDB_DISABLE_GIT="true", WANDB_DISABLE_CODE="true").items():
+        monkeypatch.setenv(name, value)  # offline: nothing leaves this machine
+    logger = WandbLogger(project="gradmidi-test", save_dir=str(tmp_path), offline=True)
+    fit = trainer(tmp_path, LightningSonify(tmp_path / "run.mid"), max_steps=8, logger=logger)
+    fit.fit(Classifier(), loader())
+    logger.experiment.finish()
+    files = next((tmp_path / "wandb").glob("offline-run-*")) / "files" / "media"
+    [audio] = (files / "audio" / "gradmidi").glob("audio_*.wav")
+    [plot] = (files / "images" / "gradmidi").glob("plot_*.png")
+    samples, rate = soundfile.read(audio)
+    assert rate == 22050 and len(samples) / rate >= gradmidi.read_score(tmp_path / "run.mid").summary()["seconds"]
+    assert np.abs(samples).max() > 0.03 and plot.stat().st_size > 10_000
+
+
 class RankMark(Sink):
     """Leaves a file named after the process's rank when it is opened (picklable for ddp_spawn)."""
 
@@ -380,6 +445,23 @@ def test_transformers_run_resumed_from_a_checkpoint_continues_its_score(tmp_path
     hf_train(tmp_path, _hf_callback(tmp_path / "run.mid"), max_steps=2)
     summary = gradmidi.read_score(tmp_path / "run.mid").summary()
     assert summary["steps"] == 2 and [text for _, text in summary["markers"]] == ["epoch 1"]
+
+
+def test_transformers_tensorboard_and_wandb_get_the_scores_audio_and_plot(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    for name, value in dict(WANDB_MODE="offline", WANDB_SILENT="true", WANDB_DIR=str(tmp_path),
+                            WANDB_DISABLE_GIT="true", WANDB_DISABLE_CODE="true", WANDB_PROJECT="gradmidi-test", WANDB_WATCH="false",
+                            TENSORBOARD_LOGGING_DIR=str(tmp_path / "tb")).items():
+        monkeypatch.setenv(name, value)  # offline: nothing leaves this machine
+    import wandb
+
+    hf_train(tmp_path, _hf_callback(tmp_path / "hf.mid"), max_steps=4, report_to=["tensorboard", "wandb"])
+    wandb.finish()
+    tags, [[clip]], [[image]] = tensorboard_media(tmp_path / "tb")
+    assert clip.step == image.step == 4 and clip.sample_rate == 22050 and image.width > 400
+    files = next((tmp_path / "wandb").glob("offline-run-*")) / "files" / "media"
+    assert len(list((files / "audio" / "gradmidi").glob("audio_*.wav"))) == 1
+    assert len(list((files / "images" / "gradmidi").glob("plot_*.png"))) == 1
 
 
 def _hf_callback(path, **options):

@@ -19,6 +19,7 @@ import torch
 
 from ..sonifier import Sonifier
 from ._common import require, score_path, sonifier_options
+from ._dashboards import publish
 
 try:  # the unified package; the standalone pytorch_lightning has the same API
     import lightning.pytorch as L
@@ -32,11 +33,15 @@ class SonifyCallback(L.Callback):
     Every ``Sonifier`` option may be given (``scale=``, ``live="synth"``, ``voices=``...). Only
     global rank zero writes, plays or serves. With several optimizers (manual optimization), each
     optimizer step is a slot of its own in which the layers that optimizer updates sound.
+
+    When fitting ends, the score's audio and plot go to the trainer's TensorBoard and W&B loggers
+    (tags ``gradmidi/audio``, ``gradmidi/plot``), unless ``dashboards=False``.
     """
 
-    def __init__(self, path: str | os.PathLike | None = None, **options: Any) -> None:
+    def __init__(self, path: str | os.PathLike | None = None, *, dashboards: bool = True, **options: Any) -> None:
         super().__init__()
         self.path = path
+        self.dashboards = dashboards
         self.options = sonifier_options(options)
         self.sonifier: Sonifier | None = None
         self._loss: torch.Tensor | None = None
@@ -105,9 +110,29 @@ class SonifyCallback(L.Callback):
             if isinstance(exception, KeyboardInterrupt):  # Lightning catches Ctrl-C: the run is interrupted
                 self.sonifier.interrupt()
 
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Before the loggers are finalised (in teardown): the score is complete, the writers still open.
+        if self.sonifier is None:
+            return
+        self.sonifier.close()
+        if self.dashboards and self.sonifier.sounding and trainer.is_global_zero:
+            tensorboard, wandb = _dashboards(trainer)
+            publish(self._score, trainer.global_step, tensorboard=tensorboard, wandb=wandb,
+                    soundfont=self.options.get("soundfont"))
+
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.sonifier is not None:
             self.sonifier.close()
+
+
+def _dashboards(trainer: L.Trainer) -> tuple[list[Any], list[Any]]:
+    """The trainer's TensorBoard writers and W&B runs."""
+    import importlib
+
+    loggers = importlib.import_module(f"{L.__name__}.loggers")  # lightning.pytorch's or pytorch_lightning's
+    tensorboard = [lg.experiment for lg in trainer.loggers if isinstance(lg, loggers.TensorBoardLogger)]
+    wandb = [lg.experiment for lg in trainer.loggers if isinstance(lg, loggers.WandbLogger)]
+    return tensorboard, wandb
 
 
 def _scaler(trainer: L.Trainer) -> Any:

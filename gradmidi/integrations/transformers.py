@@ -10,6 +10,9 @@ its loss; otherwise the logged mean is given to the step at which it is logged.
 
 ``trainer.train(resume_from_checkpoint=...)`` continues the score: the Trainer has restored
 ``state.global_step`` when training begins, and the score goes on from that step.
+
+When training ends, the score's audio and plot go to the Trainer's TensorBoard (the folder its
+TensorBoard callback writes) and W&B run (``report_to``), unless ``dashboards=False``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import math
 import os
 import sys
 import warnings
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +31,7 @@ import torch
 from ..errors import GradmidiError
 from ..sonifier import CapturedStep, Sonifier
 from ._common import require, score_path, sonifier_options
+from ._dashboards import publish
 
 if TYPE_CHECKING:
     from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
@@ -40,27 +45,33 @@ class SonifyCallback(TrainerCallback):
     Every ``Sonifier`` option may be given. Only the world's process zero writes, plays or serves.
     """
 
-    def __init__(self, path: str | os.PathLike | None = None, **options: Any) -> None:
+    def __init__(self, path: str | os.PathLike | None = None, *, dashboards: bool = True, **options: Any) -> None:
         self.path = path
+        self.dashboards = dashboards
         self.options = sonifier_options(options)
         self.sonifier: Sonifier | None = None
         self._held: CapturedStep | None = None
         self._clip_total: torch.Tensor | float | None = None  # this step's total norm before clipping
         self._unwatch: Callable[[], None] | None = None
+        self._trainer: Callable[[], Trainer | None] = lambda: None
+        self._score = ""
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                        model: torch.nn.Module | None = None, **kwargs: Any) -> None:
         if model is None:  # the Trainer always passes its model; a hand-made call might not
             raise GradmidiError("SonifyCallback.on_train_begin needs the model (model=...)")
-        path = score_path(self.path, args.output_dir)
+        self._score = path = score_path(self.path, args.output_dir)
         if state.is_world_process_zero:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         # A fresh TrainerState starts at step 0; one loaded from a checkpoint is where it stopped.
         resuming = state.global_step > 0
         self.sonifier = Sonifier(model, path, title=type(model).__name__, resume=resuming,
                                  start_step=state.global_step if resuming else None, **self.options)
+        trainer = _running_trainer()
+        if trainer is not None:
+            self._trainer = weakref.ref(trainer)
         if args.max_grad_norm and args.max_grad_norm > 0:
-            self._watch_clipping(_running_trainer())
+            self._watch_clipping(trainer)
 
     def _watch_clipping(self, trainer: Trainer | None) -> None:
         """Keeps the total that the Trainer's clipping returns (its norm before clipping)."""
@@ -117,11 +128,39 @@ class SonifyCallback(TrainerCallback):
         if self.sonifier is not None:
             self._release()
             self.sonifier.close()
+            if self.dashboards and self.sonifier.sounding and state.is_world_process_zero:
+                self._publish(state.global_step)
+
+    def _publish(self, step: int) -> None:
+        """To the folder of the Trainer's TensorBoard callback (its writer is closed by now: a
+        writer of our own adds an event file beside its) and to the W&B run its callback made."""
+        trainer = self._trainer()
+        if trainer is None or self.sonifier is None:
+            return
+        from transformers.integrations import TensorBoardCallback, WandbCallback
+
+        callbacks = trainer.callback_handler.callbacks
+        folders = [cb.logging_dir for cb in callbacks if isinstance(cb, TensorBoardCallback) and cb.logging_dir]
+        wandb = sys.modules.get("wandb")
+        runs = [wandb.run] if any(isinstance(cb, WandbCallback) for cb in callbacks) and wandb and wandb.run else []
+        writers = [_summary_writer(folder) for folder in folders]
+        try:
+            publish(self._score, step, tensorboard=writers, wandb=runs,
+                    soundfont=self.options.get("soundfont"))
+        finally:
+            for writer in writers:
+                writer.close()
 
     def _release(self, loss: float | None = None) -> None:
         if self._held is not None:
             self._held.sound(loss)
             self._held = None
+
+
+def _summary_writer(folder: str) -> Any:
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=folder)
 
 
 def _clip_factor(total: torch.Tensor | float, max_norm: float) -> torch.Tensor | float:
