@@ -117,3 +117,29 @@ def test_ddp_torchrun_example_sounds_rank_zero_and_skips_unsynced_micro_steps(tm
     summary = gradmidi.read_score(out).summary()
     assert summary["steps"] == 28
     assert [v["name"] for v in summary["voices"]] == ["0", "2", "3"]
+
+
+def test_accelerate_example_sounds_once_per_optimizer_step_before_clipping(tmp_path):
+    out = run_example("accelerate_loop.py", tmp_path / "acc.mid", "--accumulate", "2", "--max-norm", "0.01")
+    # 512 examples in batches of 16: 32 micro-batches an epoch, 2 to an optimizer step, 2 epochs.
+    assert "32 steps sounded, 32 optimizer steps, 64 micro-batches" in out
+    score = gradmidi.read_score(tmp_path / "acc.mid")
+    summary = score.summary()
+    assert summary["steps"] == 32 and [v["notes"] for v in summary["voices"]] == [32, 32, 32]
+    assert [text for _, text in summary["markers"]] == ["epoch 1", "epoch 2"]
+    assert min(norm for _, _, norm in score.decode()) > 0.01  # every norm from before clipping to 0.01
+
+
+def test_accelerate_example_under_torchrun_sounds_once_per_optimizer_step_on_rank_zero(tmp_path):
+    out = tmp_path / "acc.mid"
+    env = {**os.environ, "PYTHONPATH": str(EXAMPLES.parent), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+         str(free_port()), str(EXAMPLES / "accelerate_loop.py"), "--out", str(out), "--epochs", "1"],
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, env=env, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    # 512 examples over 2 processes: 16 micro-batches each, 2 to a step.
+    assert "8 steps sounded, 8 optimizer steps, 16 micro-batches" in result.stdout
+    assert [p.name for p in tmp_path.iterdir()] == ["acc.mid"]  # one file: the main process's
+    assert gradmidi.read_score(out).summary()["steps"] == 8
