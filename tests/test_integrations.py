@@ -7,6 +7,7 @@ norms and loss; the .mid file is read back for what a user would see.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -286,13 +287,29 @@ def test_lightning_wandb_logger_offline_gets_the_scores_audio_and_plot(tmp_path,
     logger = WandbLogger(project="gradmidi-test", save_dir=str(tmp_path), offline=True)
     fit = trainer(tmp_path, LightningSonify(tmp_path / "run.mid"), max_steps=8, logger=logger)
     fit.fit(Classifier(), loader())
+    files = Path(logger.experiment.dir) / "media"  # the run's own folder (wandb keeps its settings per process)
     logger.experiment.finish()
-    files = next((tmp_path / "wandb").glob("offline-run-*")) / "files" / "media"
     [audio] = (files / "audio" / "gradmidi").glob("audio_*.wav")
     [plot] = (files / "images" / "gradmidi").glob("plot_*.png")
     samples, rate = soundfile.read(audio)
     assert rate == 22050 and len(samples) / rate >= gradmidi.read_score(tmp_path / "run.mid").summary()["seconds"]
     assert np.abs(samples).max() > 0.03 and plot.stat().st_size > 10_000
+
+
+def test_lightning_dashboards_without_audio_warn_and_still_get_the_plot(tmp_path, monkeypatch):
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    monkeypatch.setenv("GRADMIDI_SOUNDFONT", str(tmp_path / "missing.sf2"))  # rendering really fails
+    fit = trainer(tmp_path, LightningSonify(), max_steps=3, logger=TensorBoardLogger(tmp_path, "tb"))
+    with pytest.warns(UserWarning, match="no audio for the dashboards: .*missing.sf2"):
+        fit.fit(Classifier(), loader())
+    tags, audio, images = tensorboard_media(tmp_path / "tb" / "version_0")
+    assert audio == [] and len(images) == 1 and fit.global_step == 3
+
+
+def test_callbacks_refuse_resume_options_they_set_themselves():
+    with pytest.raises(gradmidi.GradmidiError, match="start_step= is not a callback option: a run resumed"):
+        LightningSonify(start_step=3)
 
 
 class RankMark(Sink):
@@ -456,10 +473,10 @@ def test_transformers_tensorboard_and_wandb_get_the_scores_audio_and_plot(tmp_pa
     import wandb
 
     hf_train(tmp_path, _hf_callback(tmp_path / "hf.mid"), max_steps=4, report_to=["tensorboard", "wandb"])
+    files = Path(wandb.run.dir) / "media"  # the run's own folder (wandb keeps its settings per process)
     wandb.finish()
     tags, [[clip]], [[image]] = tensorboard_media(tmp_path / "tb")
     assert clip.step == image.step == 4 and clip.sample_rate == 22050 and image.width > 400
-    files = next((tmp_path / "wandb").glob("offline-run-*")) / "files" / "media"
     assert len(list((files / "audio" / "gradmidi").glob("audio_*.wav"))) == 1
     assert len(list((files / "images" / "gradmidi").glob("plot_*.png"))) == 1
 

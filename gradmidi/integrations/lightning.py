@@ -49,6 +49,11 @@ class SonifyCallback(L.Callback):
         self._score = ""  # the score's path, once known
         self._marked_epoch = -1  # the last epoch marked in the score
 
+    @property
+    def state_key(self) -> str:
+        # Two of these callbacks (two scores) keep apart in a checkpoint.
+        return self._generate_state_key(path=None if self.path is None else os.fspath(self.path))
+
     def state_dict(self) -> dict[str, Any]:
         """Saved in every checkpoint: where the score is and how far it goes."""
         if self.sonifier is None:
