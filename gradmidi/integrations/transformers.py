@@ -75,8 +75,10 @@ class SonifyCallback(TrainerCallback):
 
     def _watch_clipping(self, trainer: Trainer | None) -> None:
         """Keeps the total that the Trainer's clipping returns (its norm before clipping)."""
+        if getattr(trainer, "is_deepspeed_enabled", False):
+            return  # DeepSpeed clips inside its own engine step, not by this factor
         clip = getattr(trainer, "_clip_grad_norm", None)
-        if trainer is None or clip is None or getattr(trainer, "is_deepspeed_enabled", False):
+        if trainer is None or clip is None:
             warnings.warn("gradmidi: this Trainer's clipping total cannot be read: with max_grad_norm set, you hear "
                           "the clipped gradients (pass max_grad_norm=0 for the raw ones)", UserWarning, stacklevel=3)
             return
