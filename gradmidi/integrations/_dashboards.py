@@ -7,10 +7,11 @@ harm training: a part that cannot be made (no FluidSynth, no matplotlib) or sent
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,15 @@ def to_wandb(run: Any, media: ScoreMedia, step: int) -> None:
         logged[PLOT_TAG] = wandb.Image(media.image, caption="gradient norms and events")
     if logged:
         run.log(logged)
+
+
+@contextlib.contextmanager
+def dashboard_faults_warn() -> Iterator[None]:
+    """Finding the trackers or sending to them: a fault is a warning, training goes on."""
+    try:
+        yield
+    except Exception as exc:  # a dashboard must never stop training
+        warnings.warn(f"gradmidi: the score could not be added to the dashboards: {exc}", UserWarning, stacklevel=3)
 
 
 def _safely(where: str, send: Any, *args: Any) -> None:

@@ -19,7 +19,7 @@ import torch
 
 from ..sonifier import Sonifier
 from ._common import require, score_path, sonifier_options
-from ._dashboards import publish
+from ._dashboards import dashboard_faults_warn, publish
 
 try:  # the unified package; the standalone pytorch_lightning has the same API
     import lightning.pytorch as L
@@ -121,9 +121,10 @@ class SonifyCallback(L.Callback):
             return
         self.sonifier.close()
         if self.dashboards and self.sonifier.sounding and trainer.is_global_zero:
-            tensorboard, wandb = _dashboards(trainer)
-            publish(self._score, trainer.global_step, tensorboard=tensorboard, wandb=wandb,
-                    soundfont=self.options.get("soundfont"))
+            with dashboard_faults_warn():
+                tensorboard, wandb = _dashboards(trainer)
+                publish(self._score, trainer.global_step, tensorboard=tensorboard, wandb=wandb,
+                        soundfont=self.options.get("soundfont"))
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.sonifier is not None:

@@ -31,7 +31,7 @@ import torch
 from ..errors import GradmidiError
 from ..sonifier import CapturedStep, Sonifier
 from ._common import require, score_path, sonifier_options
-from ._dashboards import publish
+from ._dashboards import dashboard_faults_warn, publish
 
 if TYPE_CHECKING:
     from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
@@ -131,7 +131,8 @@ class SonifyCallback(TrainerCallback):
             self._release()
             self.sonifier.close()
             if self.dashboards and self.sonifier.sounding and state.is_world_process_zero:
-                self._publish(state.global_step)
+                with dashboard_faults_warn():
+                    self._publish(state.global_step)
 
     def _publish(self, step: int) -> None:
         """To the folder of the Trainer's TensorBoard callback (its writer is closed by now: a
