@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from . import __version__, lifecycle
-from .capture import Layer, NormCapture, PendingNorms, model_layers
+from .capture import Layer, NormCapture, PendingNorms, _to_host, model_layers
 from .checks import flag, real, whole
 from .clock import MAX_BPM, Clock
 from .distributed import GradientSyncWatch, layer_class_name, rank_and_world, unwrap
@@ -412,11 +413,21 @@ class Sonifier:
 class CapturedStep:
     """One step's norms on their way to the host; ``sound`` hands it to the score."""
 
-    __slots__ = ("_son", "step", "_pending", "_scaling", "_sounded")
+    __slots__ = ("_son", "step", "_pending", "_scaling", "_sounded", "_factor")
 
     def __init__(self, son: Sonifier, step: int, pending: PendingNorms, scaling: bool) -> None:
         self._son, self.step, self._pending, self._scaling = son, step, pending, scaling
         self._sounded = False
+        self._factor: tuple[torch.Tensor, torch.Event | None] | None = None
+
+    def unscale(self, factor: torch.Tensor | float) -> None:
+        """Says every gradient had been multiplied by ``factor`` when this step was captured (as
+        clipping does, by min(1, max_norm / total)): the step sounds the norms from before.
+        A tensor stays on its device: it is read on the worker thread."""
+        if isinstance(factor, torch.Tensor):
+            self._factor = _to_host(factor.detach().reshape(1).to(torch.float64))
+        else:
+            self._factor = torch.tensor([float(factor)], dtype=torch.float64), None
 
     def sound(self, loss: float | None = None) -> None:
         """Queues the step, with a host ``loss`` if one is given (and none was at capture)."""
@@ -439,6 +450,12 @@ class CapturedStep:
         return [step._record(*values) for step, values in zip(steps, results, strict=True)]
 
     def _record(self, norms: np.ndarray, present: np.ndarray, loss: float | None) -> StepRecord:
+        if self._factor is not None:
+            factor, ready = self._factor
+            if ready is not None:
+                ready.synchronize()
+            with np.errstate(divide="ignore", invalid="ignore"):  # a zero factor (an Inf total) leaves NaN
+                norms = norms / float(factor[0])
         if not self._son._heard_any:  # the first step: a call before backward() would leave the score silent
             self._son._heard_any = True
             if not present.any():

@@ -152,3 +152,23 @@ def test_pipeline_torchrun_example_hears_both_stages_on_rank_zero(tmp_path):
     # rank zero holds the first stage (inp, layers.0, layers.1) only, yet every layer sounds
     assert [v["name"] for v in summary["voices"]] == ["inp", "layers.0", "layers.1", "layers.2", "layers.3", "out"]
     assert all(v["notes"] == 8 for v in summary["voices"])
+
+
+def test_accelerate_example_sounds_once_per_optimizer_step_before_clipping(tmp_path):
+    out = run_example("accelerate_loop.py", tmp_path / "acc.mid", "--accumulate", "2", "--max-norm", "0.01")
+    # 512 examples in batches of 16: 32 micro-batches an epoch, 2 to an optimizer step, 2 epochs.
+    assert "32 steps sounded, 32 optimizer steps, 64 micro-batches" in out
+    score = gradmidi.read_score(tmp_path / "acc.mid")
+    summary = score.summary()
+    assert summary["steps"] == 32 and [v["notes"] for v in summary["voices"]] == [32, 32, 32]
+    assert [text for _, text in summary["markers"]] == ["epoch 1", "epoch 2"]
+    assert min(norm for _, _, norm in score.decode()) > 0.01  # every norm from before clipping to 0.01
+
+
+def test_accelerate_example_under_torchrun_sounds_once_per_optimizer_step_on_rank_zero(tmp_path):
+    out = tmp_path / "acc.mid"
+    stdout = torchrun(tmp_path, 2, "accelerate_loop.py", "--out", str(out), "--epochs", "1")
+    # 512 examples over 2 processes: 16 micro-batches each, 2 to a step.
+    assert "8 steps sounded, 8 optimizer steps, 16 micro-batches" in stdout
+    assert [p.name for p in tmp_path.iterdir()] == ["acc.mid"]  # one file: the main process's
+    assert gradmidi.read_score(out).summary()["steps"] == 8

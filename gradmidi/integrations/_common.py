@@ -10,6 +10,7 @@ from typing import Any
 from ..errors import GradmidiError
 
 SCORE_NAME = "gradmidi.mid"
+SET_BY_CALLBACK = ("resume", "start_step")  # from the framework's checkpoint
 
 
 def score_path(path: str | os.PathLike[str] | None, default_dir: str | os.PathLike[str] | None) -> str:
@@ -30,8 +31,12 @@ def sonifier_options(options: dict[str, Any]) -> dict[str, Any]:
 
     from ..sonifier import Sonifier
 
-    allowed = [name for name in inspect.signature(Sonifier).parameters if name not in ("model", "path", "title")]
+    allowed = [name for name in inspect.signature(Sonifier).parameters if name not in ("model", "path", "title")
+               and name not in SET_BY_CALLBACK]
     for name in options:
+        if name in SET_BY_CALLBACK:
+            raise GradmidiError(f"{name}= is not a callback option: a run resumed from a checkpoint continues its "
+                                "score by itself, and a fresh run starts a new one")
         if name not in allowed:
             close = difflib.get_close_matches(name, allowed, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
