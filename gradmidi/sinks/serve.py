@@ -414,7 +414,7 @@ class ServeSink(Sink):
         if web.token_matches(given, self.token):
             cookie = None
             if request.query.get("token"):
-                cookie = f"{web.cookie_name(self.port)}={self.token}; Path=/; HttpOnly; SameSite=Strict"
+                cookie = f"{web.cookie_name(self.port)}={self.token}; Path=/; HttpOnly; SameSite=Lax"
             return None, cookie
         if request.path in ("/", "/index.html"):
             return web.token_form(wrong=given is not None), None
