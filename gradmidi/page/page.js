@@ -5,6 +5,7 @@
 import { WorkletSynthesizer } from "./vendor/spessasynth_lib.js";
 
 const LATENCY = 0.25; // seconds between a slot's arrival and its sound: room for the network's jitter
+const MAX_AHEAD = 4; // seconds of music queued at most: a run faster than its tempo is not queued without bound
 const WINDOW = 96; // slots shown
 const DRUMS = 9;
 const PLAYING_VOLUME = 100; // CC 7 (channel volume) of a voice that is heard; 0 when muted
@@ -73,8 +74,9 @@ setInterval(() => {
 }, 50);
 
 // -- the run ---------------------------------------------------------------------------------------
-let run = null; // {id, header, tick, slotSeconds, low, high}
-let anchor = null; // slot `index` sounds at audio time `time`; later slots follow on the score's grid
+let run = null; // {id, header, instruments, tick, slotSeconds, low, high}
+let skipped = 0; // slots not sounded because the run outpaced its tempo by more than MAX_AHEAD
+let next = null; // the audio time the next slot sounds at: the end of the last one scheduled
 const recent = []; // the last WINDOW slots: {index, norms, notes, events, range}
 const muted = new Set();
 const soloed = new Set();
@@ -85,10 +87,10 @@ function welcome(message) {
   const tick = 60 / (clock.bpm * clock.ticks_per_beat);
   if (!run || run.id !== message.run) {
     recent.length = 0;
-    anchor = null;
+    next = null;
   }
   run = {
-    id: message.run, header, tick, slotSeconds: tick * Math.round(clock.slot_beats * clock.ticks_per_beat),
+    id: message.run, header, instruments: message.instruments || [], tick, slotSeconds: tick * Math.round(clock.slot_beats * clock.ticks_per_beat),
     low: header.mapping.low_note ?? 36, high: header.mapping.high_note ?? 96,
   };
   state.voices = header.voices.map((v) => v.name);
@@ -117,10 +119,13 @@ function slot(message) {
 function schedule(message) {
   if (!synth || audio.state !== "running") return; // silent until sound starts; the roll still draws
   const now = audio.currentTime;
-  let start = anchor ? anchor.time + (message.index - anchor.index) * run.slotSeconds : -Infinity;
-  if (start < now + 0.02) { // first slot, or the stream fell behind the clock: start again from now
-    anchor = { index: message.index, time: now + LATENCY };
-    start = anchor.time;
+  let start = next ?? -Infinity; // slots follow one another on the score's grid
+  if (start < now + 0.02) { // the first slot, or the stream fell behind the clock: start again from now
+    start = now + LATENCY;
+  } else if (start > now + MAX_AHEAD) { // training outruns the tempo: drawn, not sounded
+    skipped += 1;
+    status(`training runs faster than the tempo: ${skipped} slots drawn but not sounded`, "off");
+    return;
   }
   for (const [channel, key, velocity, onset, length] of message.notes) {
     const on = start + onset * run.tick;
@@ -128,6 +133,7 @@ function schedule(message) {
     synth.noteOff(channel, key, { time: on + length * run.tick });
     state.notes += 1;
   }
+  next = start + run.slotSeconds;
 }
 
 // -- the stream ------------------------------------------------------------------------------------
@@ -174,9 +180,9 @@ function status(text, kind) {
 
 // -- voices, mute and solo -----------------------------------------------------------------------------
 function rows() {
-  const voices = run.header.voices.map((v) => ({ index: v.index, name: v.name, channel: v.channel,
-    detail: `${v.kind}, program ${v.program}` }));
-  voices.push({ index: "drums", name: "events", channel: DRUMS, detail: "drums (channel 10)" });
+  const voices = run.header.voices.map((v, i) => ({ index: v.index, name: v.name, channel: v.channel,
+    detail: run.instruments[i] || `program ${v.program}` }));
+  voices.push({ index: "drums", name: "events", channel: DRUMS, detail: "drums, channel 10" });
   return voices;
 }
 

@@ -32,6 +32,7 @@ import numpy as np
 
 from .. import websocket
 from ..errors import GradmidiError
+from ..instruments import GM_PROGRAMS
 from ..notes import Arrangement
 from ..score import ScoreHeader, Slot
 from ..wire import (
@@ -303,8 +304,10 @@ class ServeSink(Sink):
             if not hmac.compare_digest(given.encode(), self.token.encode()):
                 self._refuse(listener, "bad token")
                 return
-        welcome = self._frame(listener, {"type": "welcome", "protocol": PROTOCOL, "run": self._run_id,
-                                         "header": self._header})
+        message = {"type": "welcome", "protocol": PROTOCOL, "run": self._run_id, "header": self._header}
+        if listener.kind == "ws":  # the page names each voice's instrument without a copy of the GM table
+            message["instruments"] = [GM_PROGRAMS[v["program"]] for v in self._header["voices"]]
+        welcome = self._frame(listener, message)
         listener.welcomed = True
         listener.limit = len(welcome) + self.buffer_bytes
         self.listeners += 1
