@@ -42,10 +42,11 @@ def close_frame(code: int = 1000, reason: str = "") -> bytes:
 
 
 class FrameDecoder:
-    """Client bytes -> (opcode, payload) pairs."""
+    """A client's bytes (masked) -> (opcode, payload) pairs; ``masked=False`` reads a server's."""
 
-    def __init__(self, max_frame: int) -> None:
+    def __init__(self, max_frame: int, *, masked: bool = True) -> None:
         self.max_frame = max_frame
+        self.masked = masked
         self._buf = bytearray()
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
@@ -55,8 +56,9 @@ class FrameDecoder:
             first, second = self._buf[0], self._buf[1]
             if not first & 0x80 or first & 0x70:
                 raise WebSocketError("a fragmented or extended WebSocket frame")
-            if not second & 0x80:
-                raise WebSocketError("an unmasked WebSocket frame from a client")
+            if bool(second & 0x80) != self.masked:
+                raise WebSocketError("an unmasked WebSocket frame from a client" if self.masked
+                                     else "a masked WebSocket frame from a server")
             size, at = second & 0x7F, 2
             if size == 126:
                 if len(self._buf) < 4:
@@ -68,10 +70,13 @@ class FrameDecoder:
                 size, at = struct.unpack("!Q", self._buf[2:10])[0], 10
             if size > self.max_frame:
                 raise WebSocketError(f"a WebSocket frame of {size} bytes (the limit is {self.max_frame})")
-            if len(self._buf) < at + 4 + size:
+            key = 4 if self.masked else 0
+            if len(self._buf) < at + key + size:
                 break
-            mask = self._buf[at : at + 4]
-            body = bytes(b ^ mask[i % 4] for i, b in enumerate(self._buf[at + 4 : at + 4 + size]))
-            del self._buf[: at + 4 + size]
+            body = bytes(self._buf[at + key : at + key + size])
+            if self.masked:
+                mask = self._buf[at : at + 4]
+                body = bytes(b ^ mask[i % 4] for i, b in enumerate(body))
+            del self._buf[: at + key + size]
             out.append((first & 0x0F, body))
         return out

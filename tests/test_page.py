@@ -219,6 +219,79 @@ def test_on_loopback_other_sites_cannot_open_the_stream(tmp_path):
         assert ask(f"127.0.0.1:{port}", f"http://127.0.0.1:{port}").startswith(b"HTTP/1.1 101")
         assert ask(f"127.0.0.1:{port}", "https://evil.example").startswith(b"HTTP/1.1 403")
         assert ask(f"evil.example:{port}", f"http://evil.example:{port}").startswith(b"HTTP/1.1 403")
+        train(son, model, 2)
+
+
+def websocket_client(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(b"GET /stream HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += sock.recv(1)
+    assert answer.startswith(b"HTTP/1.1 101") and b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in answer  # RFC 6455's example
+    return sock
+
+
+def test_bad_websocket_frames_are_refused_and_the_server_keeps_serving(tmp_path):
+    from gradmidi.websocket import CLOSE, TEXT, FrameDecoder
+
+    def masked(payload: bytes) -> bytes:
+        mask = b"\x01\x02\x03\x04"
+        size = bytes([0x80 | len(payload)]) if len(payload) < 126 else b"\xfe" + len(payload).to_bytes(2, "big")
+        return bytes([0x81]) + size + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+    def answers(sock: socket.socket) -> list[tuple[int, bytes]]:
+        data = b"".join(iter(lambda: sock.recv(65536), b""))
+        return FrameDecoder(1 << 30, masked=False).feed(data)
+
+    model = tiny_model()
+    with gradmidi.Sonifier(model, tmp_path / "run.mid", serve="127.0.0.1:0") as son:
+        port = son.server.port
+        attacks = {
+            "unmasked": b"\x81\x05hello",
+            "oversized": bytes([0x81, 0xFF]) + (1 << 40).to_bytes(8, "big") + b"\0" * 4,
+            "not json": masked(b"{nope"),
+            "wrong first message": masked(b'{"type": "slot"}'),
+        }
+        for name, attack in attacks.items():
+            with websocket_client(port) as sock:
+                sock.sendall(attack)
+                frames = answers(sock)
+            assert frames[0][0] == TEXT and json.loads(frames[0][1])["type"] == "refused", name
+            assert frames[-1][0] == CLOSE, name
+        assert son.server.refused == len(attacks) and son.server.joined == 0
+        with websocket_client(port) as sock:  # a well-formed hello is still welcomed
+            sock.sendall(masked(json.dumps({"type": "hello", "protocol": 2, "token": None}).encode()))
+            train(son, model, 2)
+            son.close()
+            frames = answers(sock)
+        kinds = [json.loads(body)["type"] for opcode, body in frames if opcode == TEXT]
+        assert kinds[0] == "welcome" and kinds.count("slot") == 2 and kinds[-1] == "end"
+        slot = next(json.loads(body) for _, body in frames if b'"slot"' in body)
+        assert slot["notes"] and all(len(note) == 5 for note in slot["notes"])
+
+
+def test_a_person_without_autoplay_gets_a_button_and_sound_after_the_click(tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    model = tiny_model()
+    with gradmidi.Sonifier(model, tmp_path / "run.mid", serve="127.0.0.1:0", bpm=BPM) as son:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)  # a browser's own policy
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{son.server.port}/")
+            page.wait_for_function("() => window.gradmidi?.connected", timeout=30_000)
+            assert page.locator("#start").is_visible()
+            train(son, model, 8)
+            silent = page_state(page)
+            assert silent["slots"] == 8 and silent["notes"] == 0  # drawn, not queued up to burst out later
+            page.click("#start")
+            page.wait_for_selector("#start", state="hidden")
+            train(son, model, 16)
+            heard = page_state(page)
+            assert heard["notes"] >= 16 and heard["level"] > 100 * SILENCE, heard
+            browser.close()
 
 
 def test_son_show_embeds_the_live_page_in_a_real_kernel_and_its_address_serves_it(tmp_path):
