@@ -222,8 +222,12 @@ def test_on_loopback_other_sites_cannot_open_the_stream(tmp_path):
         train(son, model, 2)
 
 
-def websocket_client(port: int) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+def websocket_client(port: int, rcvbuf: int | None = None) -> socket.socket:
+    sock = socket.socket()
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # before connect: the window stays small
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", port))
     sock.sendall(b"GET /stream HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                  b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
     answer = b""
@@ -233,13 +237,18 @@ def websocket_client(port: int) -> socket.socket:
     return sock
 
 
+def masked(payload: bytes) -> bytes:
+    """A client's text frame, as RFC 6455 wants it: masked."""
+    mask = b"\x01\x02\x03\x04"
+    size = bytes([0x80 | len(payload)]) if len(payload) < 126 else b"\xfe" + len(payload).to_bytes(2, "big")
+    return bytes([0x81]) + size + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+HELLO = masked(json.dumps({"type": "hello", "protocol": 2, "token": None}).encode())
+
+
 def test_bad_websocket_frames_are_refused_and_the_server_keeps_serving(tmp_path):
     from gradmidi.websocket import CLOSE, TEXT, FrameDecoder
-
-    def masked(payload: bytes) -> bytes:
-        mask = b"\x01\x02\x03\x04"
-        size = bytes([0x80 | len(payload)]) if len(payload) < 126 else b"\xfe" + len(payload).to_bytes(2, "big")
-        return bytes([0x81]) + size + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
     def answers(sock: socket.socket) -> list[tuple[int, bytes]]:
         data = b"".join(iter(lambda: sock.recv(65536), b""))
@@ -262,7 +271,7 @@ def test_bad_websocket_frames_are_refused_and_the_server_keeps_serving(tmp_path)
             assert frames[-1][0] == CLOSE, name
         assert son.server.refused == len(attacks) and son.server.joined == 0
         with websocket_client(port) as sock:  # a well-formed hello is still welcomed
-            sock.sendall(masked(json.dumps({"type": "hello", "protocol": 2, "token": None}).encode()))
+            sock.sendall(HELLO)
             train(son, model, 2)
             son.close()
             frames = answers(sock)
@@ -270,6 +279,24 @@ def test_bad_websocket_frames_are_refused_and_the_server_keeps_serving(tmp_path)
         assert kinds[0] == "welcome" and kinds.count("slot") == 2 and kinds[-1] == "end"
         slot = next(json.loads(body) for _, body in frames if b'"slot"' in body)
         assert slot["notes"] and all(len(note) == 5 for note in slot["notes"])
+
+
+def test_a_browser_that_stops_reading_is_dropped_like_a_slow_listener(tmp_path, caplog):
+    from gradmidi.sinks.serve import ServeSink
+
+    model = tiny_model()
+    server = ServeSink("127.0.0.1:0", buffer_bytes=16 << 10, send_buffer=16 << 10)
+    with gradmidi.Sonifier(model, tmp_path / "run.mid", serve=server) as son, \
+            websocket_client(server.port, rcvbuf=4096) as stalled:
+        stalled.sendall(HELLO)  # then never reads
+        wait_for(lambda: server.joined == 1, 10, "the page's stream")
+        for _ in range(600):
+            model.zero_grad()
+            model(torch.randn(4, 8)).pow(2).mean().backward()
+            son.step()
+        wait_for(lambda: server.dropped_listeners == 1, 20, "the stalled page to be dropped")
+    assert son.dropped == 0 and server.failed is None  # training never waited for it
+    assert sum("fell more than" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_a_person_without_autoplay_gets_a_button_and_sound_after_the_click(tmp_path):

@@ -201,8 +201,8 @@ class ServeSink(Sink):
                         return
                     continue
                 for listener in list(self._listeners.values()):
-                    if listener.hang_up and now > listener.hello_deadline:
-                        self._drop(listener)  # a browser that stopped taking its answer
+                    if (listener.hang_up or listener.kind == "http") and now > listener.hello_deadline:
+                        self._drop(listener)  # a browser that stopped sending its request or taking its answer
                     elif not listener.welcomed and now > listener.hello_deadline:
                         self._refuse(listener, "no hello")
                     elif listener.welcomed and now - listener.last_sent > PING_SECONDS:
@@ -379,7 +379,6 @@ class ServeSink(Sink):
         for sock in (self._sock, self._wake_r, self._wake_w):
             sock.close()
 
-
     # -- browsers -------------------------------------------------------------------------
     def _http(self, listener: _Listener) -> None:
         """Answers a browser's request once its headers are in; a WebSocket upgrade becomes a listener."""
@@ -407,11 +406,11 @@ class ServeSink(Sink):
 
     def _authorise(self, request: web.Request) -> tuple[bytes | None, str | None]:
         """(an answer that refuses, or None; the cookie that keeps a token given in the URL)."""
+        if request.wants_websocket and not web.same_origin(request):
+            return web.error(403, "the stream is for this page only (Origin)"), None
         if self.token is None:
             if not web.loopback_host(request):
                 return web.error(403, "this run serves loopback names only (Host)"), None
-            if request.wants_websocket and not web.same_origin(request):
-                return web.error(403, "the stream is for this page only (Origin)"), None
             return None, None
         given = web.token_given(request, self.port)
         if web.token_matches(given, self.token):

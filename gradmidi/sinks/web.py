@@ -8,8 +8,8 @@ One request per connection (``Connection: close``): the page loads a handful of 
 Who may ask: with a token (serving beyond loopback) every request but the token form needs it,
 in the URL (``?token=``) or in the cookie set when the URL gave it, so nothing of the run, not
 even the page, is sent before the token is checked. On loopback, where no token exists, the
-``Host`` must be a loopback name or an address (no DNS rebinding) and a WebSocket's ``Origin``
-must be the page's own (no other site's script may open the stream in the user's browser).
+``Host`` must be a loopback name or an address (no DNS rebinding). A WebSocket's ``Origin`` must
+always be the page's own: no other site's script may open the stream in the user's browser.
 """
 
 from __future__ import annotations
