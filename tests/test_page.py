@@ -121,8 +121,8 @@ def test_the_live_page_plays_a_real_run_with_the_mid_files_notes_and_mutes_to_si
         assert summary["events"]["nan"] >= 1
         wait_for(lambda: not page_state(page)["connected"], 10, "the page to see the run end")
         assert page.locator("#status").inner_text() == "the run has ended"
+        assert errors == []  # now: from here on the page looks for a next run, and a closed port is an error
         browser.close()
-    assert errors == []
     assert requests.outside == [], requests.outside
     paths = {urlsplit(url).path for url in requests.seen}
     assert {"/", "/page.js", "/vendor/spessasynth_lib.js", "/soundfont.sf2", "/stream"} <= paths, paths
@@ -130,13 +130,13 @@ def test_the_live_page_plays_a_real_run_with_the_mid_files_notes_and_mutes_to_si
     (ARTIFACTS / "live-page.png").write_bytes((tmp_path / "live.png").read_bytes())
 
 
-def test_the_page_reconnects_by_itself_when_the_stream_drops(tmp_path):
+def test_the_page_reconnects_by_itself_when_the_stream_drops_and_finds_the_next_run_of_a_sweep(tmp_path):
     from playwright.sync_api import sync_playwright
 
     model = tiny_model()
-    with gradmidi.Sonifier(model, tmp_path / "run.mid", serve="127.0.0.1:0", bpm=BPM) as son:
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=AUDIO_ARGS)
+    with sync_playwright() as pw, gradmidi.Sonifier(model, tmp_path / "run.mid", serve="127.0.0.1:0", bpm=BPM) as son:
+        port = son.server.port
+        with pw.chromium.launch(executable_path=CHROMIUM, args=AUDIO_ARGS) as browser:
             page = browser.new_page()
             page.goto(f"http://127.0.0.1:{son.server.port}/")
             page.wait_for_function("() => window.gradmidi?.connected", timeout=30_000)
@@ -150,7 +150,17 @@ def test_the_page_reconnects_by_itself_when_the_stream_drops(tmp_path):
             before = page_state(page)["slots"]
             train(son, model, 8)
             wait_for(lambda: page_state(page)["slots"] == before + 8, 10, "slots after the rejoin")
-            browser.close()
+            son.close()
+            wait_for(lambda: not page_state(page)["connected"], 10, "the run's end")
+
+            # The next run of a sweep serves on the same address: the open page joins it by itself.
+            wide = nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 2))
+            with gradmidi.Sonifier(wide, tmp_path / "next.mid", serve=f"127.0.0.1:{port}", bpm=BPM) as following:
+                names = [v.name for v in following.header.voices]
+                wait_for(lambda: page_state(page)["voices"] == names and page_state(page)["connected"], 15,
+                         "the page to join the next run")
+                train(following, wide, 4)
+                wait_for(lambda: page_state(page)["slots"] == before + 12, 10, "the next run's slots")
 
 
 def test_beyond_loopback_the_browser_needs_the_token_before_anything_is_sent(tmp_path):

@@ -5,6 +5,7 @@
 import { WorkletSynthesizer } from "./vendor/spessasynth_lib.js";
 
 const LATENCY = 0.25; // seconds between a slot's arrival and its sound: room for the network's jitter
+const NEXT_RUN_SECONDS = 3; // after a run ends, how often to look for the next one on this address (a sweep)
 const MAX_AHEAD = 4; // seconds of music queued at most: a run faster than its tempo is not queued without bound
 const WINDOW = 96; // slots shown
 const DRUMS = 9;
@@ -95,6 +96,7 @@ function welcome(message) {
   };
   state.voices = header.voices.map((v) => v.name);
   $("title").textContent = header.title || "";
+  document.title = `gradmidi: ${header.title || "live"}`;
   if (synth) for (const v of header.voices) synth.programChange(v.channel, v.program);
   buildVoices();
   buildEvents();
@@ -139,7 +141,8 @@ function schedule(message) {
 // -- the stream ------------------------------------------------------------------------------------
 let socket = null;
 let retries = 0;
-let ended = false;
+let ended = false; // the run said it ended: look for the next one, slowly
+let refused = false; // retrying cannot help
 
 function connect() {
   const url = new URL("stream", location.href);
@@ -152,6 +155,7 @@ function connect() {
     if (message.type === "welcome") {
       state.connected = true;
       retries = 0;
+      ended = false;
       status(`playing live${audio.state === "running" ? "" : " (sound off until you click)"}`, "on");
       welcome(message);
     } else if (message.type === "slot" && run) {
@@ -161,12 +165,16 @@ function connect() {
       status("the run has ended", "");
     } else if (message.type === "refused") {
       status(`refused: ${message.reason}`, "off");
-      if (message.reason.includes("token")) ended = true; // retrying cannot help
+      refused = message.reason.includes("token");
     }
   };
   socket.onclose = () => {
     state.connected = false;
-    if (ended) return;
+    if (refused) return;
+    if (ended) {
+      setTimeout(connect, NEXT_RUN_SECONDS * 1000); // quietly: the status still says the run ended
+      return;
+    }
     const wait = Math.min(5, 0.5 * 2 ** retries++);
     status(`the stream dropped: reconnecting in ${wait} s`, "off");
     setTimeout(connect, wait * 1000);
