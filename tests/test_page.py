@@ -48,6 +48,21 @@ def midi_notes(path: Path) -> int:
     return sum(m.type == "note_on" and m.velocity > 0 for track in mido.MidiFile(path).tracks for m in track)
 
 
+def midi_file_notes(path: Path) -> list[tuple[int, int, int, int, int]]:
+    """(channel, key, velocity, onset, length) of every note in the file, in ticks, read by mido."""
+    notes, sounding = [], {}
+    for track in mido.MidiFile(path).tracks:
+        tick = 0
+        for m in track:
+            tick += m.time
+            if m.type == "note_on" and m.velocity > 0:
+                sounding[(m.channel, m.note)] = (tick, m.velocity)
+            elif m.type in ("note_on", "note_off") and (m.channel, m.note) in sounding:
+                onset, velocity = sounding.pop((m.channel, m.note))
+                notes.append((m.channel, m.note, velocity, onset, tick - onset))
+    return sorted(notes)
+
+
 def page_state(page) -> dict:
     # A function, not an expression string: the page's Content-Security-Policy forbids eval.
     return page.evaluate("() => ({connected: gradmidi.connected, slots: gradmidi.slots, notes: gradmidi.notes, "
@@ -282,13 +297,20 @@ def test_bad_websocket_frames_are_refused_and_the_server_keeps_serving(tmp_path)
         assert son.server.refused == len(attacks) and son.server.joined == 0
         with websocket_client(port) as sock:  # a well-formed hello is still welcomed
             sock.sendall(HELLO)
-            train(son, model, 2)
+            wait_for(lambda: son.server.joined == 1, 10, "the hello")
+            train(son, model, 12, nan_at=5)
             son.close()
             frames = answers(sock)
-        kinds = [json.loads(body)["type"] for opcode, body in frames if opcode == TEXT]
-        assert kinds[0] == "welcome" and kinds.count("slot") == 2 and kinds[-1] == "end"
-        slot = next(json.loads(body) for _, body in frames if b'"slot"' in body)
-        assert slot["notes"] and all(len(note) == 5 for note in slot["notes"])
+    messages = [json.loads(body) for opcode, body in frames if opcode == TEXT]
+    assert [m["type"] for m in messages] == ["welcome", *["slot"] * 12, "end"]
+    assert [v["name"] for v in messages[0]["header"]["voices"]] == [v.name for v in son.header.voices]
+    assert messages[0]["instruments"][0] == "Acoustic Grand Piano"  # a Linear's first program
+    # The notes each slot carries are the .mid file's notes, drums included, at the same ticks.
+    slot_ticks = son.header.clock.slot_ticks
+    streamed = sorted((ch, key, vel, m["index"] * slot_ticks + onset, length)
+                      for m in messages[1:-1] for ch, key, vel, onset, length in m["notes"])
+    assert streamed == midi_file_notes(tmp_path / "run.mid")
+    assert any(ch == 9 for ch, *_ in streamed)  # the NaN's crash cymbal
 
 
 def test_a_browser_that_stops_reading_is_dropped_like_a_slow_listener(tmp_path, caplog):
