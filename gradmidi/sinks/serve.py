@@ -124,8 +124,10 @@ class ServeSink(Sink):
         self.dropped_listeners = 0  # fell behind their buffer
         self.refused = 0  # bad token, garbage, oversized frames, too many, no hello
         if self.generated_token:
+            page = f"THIS-MACHINE:{self.port}" if host in ("0.0.0.0", "::") else self.address  # a wildcard bind
             warnings.warn(f"gradmidi: serving beyond loopback on {self.address}; listeners need "
-                          f"--token {self.token}", UserWarning, stacklevel=3)
+                          f"--token {self.token}; browsers open http://{page}/?token={self.token}",
+                          UserWarning, stacklevel=3)
 
     # -- called from the gradmidi worker --------------------------------------------------
     def open(self, header: ScoreHeader) -> None:
