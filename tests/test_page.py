@@ -4,6 +4,7 @@ chromium, driven by Playwright) while a real training run serves it from this pr
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import time
 from pathlib import Path
@@ -70,15 +71,23 @@ def page_state(page) -> dict:
 
 
 class Requests:
-    """Every request the browser makes (worklet and WebSocket included) is checked against the run's
-    address; anything else is recorded and aborted."""
+    """Every request the browser makes is checked against the run's address; anything else is
+    recorded and aborted. Playwright's routing does not see WebSockets, so Chromium's own network
+    log (DevTools protocol) is read as well. Neither sees the AudioWorklet's module: the server's
+    log shows it was served (and the page's Content-Security-Policy allows no other address)."""
 
     def __init__(self, context, base: str) -> None:
         self.origin = urlsplit(base).netloc
         self.seen: list[str] = []
         self.outside: list[str] = []
         context.route("**/*", self._route)
-        context.on("page", lambda page: page.on("websocket", lambda ws: self._check(ws.url)))
+        context.on("page", self._watch)
+
+    def _watch(self, page) -> None:
+        page.on("websocket", lambda ws: self._check(ws.url))
+        devtools = page.context.new_cdp_session(page)
+        devtools.on("Network.requestWillBeSent", lambda event: self._check(event["request"]["url"]))
+        devtools.send("Network.enable")
 
     def _route(self, route) -> None:
         url = route.request.url
@@ -95,9 +104,10 @@ class Requests:
         return inside
 
 
-def test_the_live_page_plays_a_real_run_with_the_mid_files_notes_and_mutes_to_silence(tmp_path):
+def test_the_live_page_plays_a_real_run_with_the_mid_files_notes_and_mutes_to_silence(tmp_path, caplog):
     from playwright.sync_api import sync_playwright
 
+    caplog.set_level(logging.DEBUG, logger="gradmidi.serve")
     model = tiny_model()
     son = gradmidi.Sonifier(model, tmp_path / "run.mid", serve="127.0.0.1:0", bpm=BPM)
     base = f"http://127.0.0.1:{son.server.port}/"
@@ -140,7 +150,11 @@ def test_the_live_page_plays_a_real_run_with_the_mid_files_notes_and_mutes_to_si
         browser.close()
     assert requests.outside == [], requests.outside
     paths = {urlsplit(url).path for url in requests.seen}
-    assert {"/", "/page.js", "/vendor/spessasynth_lib.js", "/soundfont.sf2", "/stream"} <= paths, paths
+    assert {"/", "/page.js", "/page.css", "/vendor/spessasynth_lib.js", "/vendor/spessasynth_core.js",
+            "/vendor/stb_vorbis.js", "/soundfont.sf2", "/stream"} <= paths, paths
+    served = {r.getMessage().rsplit(" ", 1)[1] for r in caplog.records if " got " in r.getMessage()}
+    worklet = "/vendor/spessasynth_processor.min.js"
+    assert worklet in served and served <= paths | {worklet}
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "live-page.png").write_bytes((tmp_path / "live.png").read_bytes())
 

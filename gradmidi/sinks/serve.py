@@ -403,6 +403,7 @@ class ServeSink(Sink):
                 self._flush(listener)
             else:
                 self._answer(listener, web.asset(request, set_cookie=cookie))
+                log.debug("gradmidi: browser %s got %s", listener.peer, request.path)
         except web.HTTPError as exc:
             self._answer(listener, web.error(exc.status, str(exc)))
 
