@@ -5,7 +5,7 @@
 import { WorkletSynthesizer } from "./vendor/spessasynth_lib.js";
 
 const LATENCY = 0.25; // seconds between a slot's arrival and its sound: room for the network's jitter
-const NEXT_RUN_SECONDS = 3; // after a run ends, how often to look for the next one on this address (a sweep)
+const NEXT_RUN_SECONDS = 2; // after a run ends, how often to look for the next one on this address (a sweep)
 const MAX_AHEAD = 4; // seconds of music queued at most: a run faster than its tempo is not queued without bound
 const WINDOW = 96; // slots shown
 const DRUMS = 9;
@@ -57,6 +57,7 @@ async function startSynth() {
 
 function showStart() {
   $("start").hidden = audio.state === "running";
+  if (state.connected && audio.state === "running") status("playing live", "on"); // after the click
 }
 audio.addEventListener("statechange", showStart);
 $("start").addEventListener("click", () => audio.resume());
