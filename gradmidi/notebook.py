@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import base64
 import html
+import importlib
 import io
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -91,3 +93,37 @@ def _audio_html(score: ScoreFile, seconds: float, soundfont: str | os.PathLike |
             return said(str(exc))
         encoded = base64.b64encode(ogg.read_bytes()).decode("ascii")
     return f'<audio controls preload="metadata" src="data:audio/ogg;base64,{encoded}"></audio>'
+
+
+LIVE_HEIGHT = 620  # pixels: the page's header, piano roll, norms and the first voices
+
+
+def show_live(server, *, url: str | None = None, height: int = LIVE_HEIGHT) -> None:
+    """Embeds a serving run's live page in the notebook (``son.show()``): it plays and draws in the cell.
+
+    The page is the run's own (``serve=``), so the cell keeps playing while training runs. In
+    Colab the kernel's port is proxied to the browser; elsewhere the frame opens the run's address
+    (VS Code and JupyterLab forward a loopback port to the laptop), or ``url`` where you serve it
+    through a proxy of your own (for example jupyter-server-proxy's ``/proxy/7400/``).
+    """
+    from .sinks.serve import ServeSink
+
+    if not isinstance(server, ServeSink):
+        raise GradmidiError("son.show() embeds the run's live page, which the run serves: make the Sonifier with "
+                            "serve='127.0.0.1:7400'; for a written score, gradmidi.show('run.mid')")
+    try:
+        from IPython.display import IFrame, display
+    except ImportError:
+        raise GradmidiError("son.show() displays in Jupyter: pip install ipython (or run it in a notebook); "
+                            f"outside one, open {live_url(server)} in a browser") from None
+    if url is None and "google.colab" in sys.modules:
+        output = importlib.import_module("google.colab.output")  # Colab's own proxy of the kernel's port
+        output.serve_kernel_port_as_iframe(server.port, height=str(height))
+        return
+    display(IFrame(url or live_url(server), width="100%", height=height))
+
+
+def live_url(server) -> str:
+    """The page's address as this machine reaches it (a wildcard bind is reached on loopback)."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(server.host, server.host)
+    return f"http://{f'[{host}]' if ':' in host else host}:{server.port}/"

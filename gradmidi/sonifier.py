@@ -309,6 +309,12 @@ class Sonifier:
         self._epochs += 1
         self._session.submit(MarkerRecord(self._steps, label or f"epoch {self._epochs}"))
 
+    def show(self, *, url: str | None = None, height: int = 620) -> None:
+        """In a notebook, embeds the run's live page (plays and draws it in the cell); needs ``serve=``."""
+        from .notebook import show_live
+
+        show_live(self.server, url=url, height=height)
+
     def marker(self, text: str) -> None:
         """A free text marker (for example 'lr warm-up done') before the next step."""
         if not self._closed and self._session is not None:

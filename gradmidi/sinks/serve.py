@@ -7,11 +7,17 @@ dead link) is dropped and logged once, so a slow listener can never hold up trai
 
 Loopback only unless ``public=True``; then a token is required (generated unless given), and
 nothing is sent to a connection before its hello carries that token. See ``gradmidi.wire``.
+
+Browsers use the same port: a connection that starts with ``GET `` is HTTP (``sinks/web.py``):
+the run's live page, its files, or a WebSocket carrying the same messages as JSON text frames,
+each slot with the notes it sounds (computed here by the one ``Arrangement``, so the page plays
+exactly the .mid file's notes and needs no copy of the mapping).
 """
 
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import secrets
 import selectors
@@ -22,7 +28,12 @@ import uuid
 import warnings
 from collections import deque
 
+import numpy as np
+
+from .. import websocket
 from ..errors import GradmidiError
+from ..instruments import GM_PROGRAMS
+from ..notes import Arrangement
 from ..score import ScoreHeader, Slot
 from ..wire import (
     MAX_LISTENER_FRAME,
@@ -34,6 +45,7 @@ from ..wire import (
     parse_address,
     slot_message,
 )
+from . import web
 from .base import Sink
 
 log = logging.getLogger("gradmidi.serve")
@@ -41,6 +53,7 @@ log = logging.getLogger("gradmidi.serve")
 HELLO_SECONDS = 10.0  # a connection that has not said hello by then is closed
 PING_SECONDS = 5.0  # an idle stream still sends something, so listeners can tell a dead link
 CLOSE_SECONDS = 2.0  # at close, how long listeners get to take the rest of the stream
+HTTP_SECONDS = 60.0  # a browser's request and its answer (the SoundFont is 2 MB over a forward)
 _END = object()
 
 
@@ -49,12 +62,17 @@ class _Listener:
         self.sock = sock
         self.peer = peer
         self.decoder = FrameDecoder(MAX_LISTENER_FRAME)
+        self.ws_decoder = websocket.FrameDecoder(MAX_LISTENER_FRAME)
         self.out = bytearray()
         self.welcomed = False
         self.limit = 0
         self.hello_deadline = time.monotonic() + HELLO_SECONDS
         self.last_sent = time.monotonic()
         self.writing = False
+        self.kind = ""  # "tcp", "http" or "ws" (a browser's WebSocket), once the first bytes tell
+        self.request = bytearray()  # an HTTP request's bytes until its headers are complete
+        self.hang_up = False  # an HTTP answer: close once it is sent
+        self.authorised = False  # a WebSocket whose upgrade request carried the token
 
 
 class ServeSink(Sink):
@@ -106,20 +124,27 @@ class ServeSink(Sink):
         self.dropped_listeners = 0  # fell behind their buffer
         self.refused = 0  # bad token, garbage, oversized frames, too many, no hello
         if self.generated_token:
+            page = f"THIS-MACHINE:{self.port}" if host in ("0.0.0.0", "::") else self.address  # a wildcard bind
             warnings.warn(f"gradmidi: serving beyond loopback on {self.address}; listeners need "
-                          f"--token {self.token}", UserWarning, stacklevel=3)
+                          f"--token {self.token}; browsers open http://{page}/?token={self.token}",
+                          UserWarning, stacklevel=3)
 
     # -- called from the gradmidi worker --------------------------------------------------
     def open(self, header: ScoreHeader) -> None:
         self._run_id = uuid.uuid4().hex
         self._header = header.to_dict()
+        self._arrangement = Arrangement(header)
         self._thread = threading.Thread(target=self._serve, name="gradmidi-serve", daemon=True)
         self._thread.start()
 
     def emit(self, slot: Slot) -> None:
         if self.failed:
             raise RuntimeError(self.failed)
-        self._outbox.append(encode(slot_message(slot)))
+        message = slot_message(slot)
+        notes = self._arrangement.notes(slot)
+        columns = (notes.channel, notes.key, notes.velocity, notes.onset, notes.length)  # onsets from the slot's start
+        page = dict(message, notes=np.stack(columns, axis=1).astype(np.int64).tolist() if len(notes) else [])
+        self._outbox.append((encode(message), _ws_frame(page)))
         self._wake()
 
     def tick(self) -> None:
@@ -178,10 +203,12 @@ class ServeSink(Sink):
                         return
                     continue
                 for listener in list(self._listeners.values()):
-                    if not listener.welcomed and now > listener.hello_deadline:
+                    if (listener.hang_up or listener.kind == "http") and now > listener.hello_deadline:
+                        self._drop(listener)  # a browser that stopped sending its request or taking its answer
+                    elif not listener.welcomed and now > listener.hello_deadline:
                         self._refuse(listener, "no hello")
                     elif listener.welcomed and now - listener.last_sent > PING_SECONDS:
-                        self._queue(listener, encode({"type": "ping"}))
+                        self._queue(listener, self._frame(listener, {"type": "ping"}))
         except Exception as exc:  # a server fault must not reach training: the fan-out warns once
             self.failed = f"the network stream failed: {exc}"
         finally:
@@ -195,13 +222,13 @@ class ServeSink(Sink):
             if item is _END:
                 for listener in list(self._listeners.values()):
                     if listener.welcomed:
-                        self._queue(listener, encode({"type": "end"}))
+                        self._queue(listener, self._frame(listener, {"type": "end"}))
                     else:
                         self._drop(listener)
                 return True
             for listener in list(self._listeners.values()):
                 if listener.welcomed:
-                    self._queue(listener, item)
+                    self._queue(listener, item[listener.kind == "ws"])
         return False
 
     def _accept(self) -> None:
@@ -235,9 +262,26 @@ class ServeSink(Sink):
                 log.info("gradmidi: listener %s left", listener.peer)
             self._drop(listener)
             return
+        if not listener.kind:
+            listener.request += data
+            if len(listener.request) < 4 and b"GET ".startswith(bytes(listener.request)):
+                return  # too few bytes yet to tell a browser from a listener
+            listener.kind = "http" if listener.request.startswith(b"GET ") else "tcp"
+            data = b"" if listener.kind == "http" else bytes(listener.request)
+            if listener.kind == "tcp":
+                listener.request.clear()
+        if listener.hang_up:
+            return  # answered: nothing more it says matters
+        if listener.kind == "http":
+            listener.request += data
+            self._http(listener)
+            return
         try:
-            messages = listener.decoder.feed(data)
-        except FrameError as exc:
+            if listener.kind == "ws":
+                messages = self._ws_messages(listener, listener.ws_decoder.feed(data))
+            else:
+                messages = listener.decoder.feed(data)
+        except (FrameError, websocket.WebSocketError) as exc:
             self._refuse(listener, f"sent {exc}")
             return
         for message in messages:
@@ -254,7 +298,7 @@ class ServeSink(Sink):
         if message.get("protocol") != PROTOCOL:
             self._refuse(listener, f"protocol {message.get('protocol')!r} is not supported (this server: {PROTOCOL})")
             return
-        if self.token is not None:
+        if self.token is not None and not listener.authorised:
             given = message.get("token")
             if not isinstance(given, str) or not given:
                 self._refuse(listener, "a token is required")
@@ -262,7 +306,10 @@ class ServeSink(Sink):
             if not hmac.compare_digest(given.encode(), self.token.encode()):
                 self._refuse(listener, "bad token")
                 return
-        welcome = encode({"type": "welcome", "protocol": PROTOCOL, "run": self._run_id, "header": self._header})
+        message = {"type": "welcome", "protocol": PROTOCOL, "run": self._run_id, "header": self._header}
+        if listener.kind == "ws":  # the page names each voice's instrument without a copy of the GM table
+            message["instruments"] = [GM_PROGRAMS[v["program"]] for v in self._header["voices"]]
+        welcome = self._frame(listener, message)
         listener.welcomed = True
         listener.limit = len(welcome) + self.buffer_bytes
         self.listeners += 1
@@ -292,6 +339,9 @@ class ServeSink(Sink):
             del listener.out[:sent]
             if sent:
                 listener.last_sent = time.monotonic()
+        if listener.hang_up and not listener.out:
+            self._drop(listener)
+            return
         writing = bool(listener.out)
         if writing != listener.writing:
             listener.writing = writing
@@ -302,8 +352,14 @@ class ServeSink(Sink):
         """Says why (best effort, never waiting) and hangs up; the server goes on."""
         self.refused += 1
         log.warning("gradmidi: refused listener %s: %s", listener.peer, reason)
+        if listener.kind == "http":
+            said = web.error(400, reason)
+        elif listener.kind == "ws":
+            said = _ws_frame({"type": "refused", "reason": reason}) + websocket.close_frame(1008)
+        else:
+            said = encode({"type": "refused", "reason": reason})
         try:
-            listener.sock.send(encode({"type": "refused", "reason": reason}))
+            listener.sock.send(said)
         except OSError:
             pass
         self._drop(listener)
@@ -324,6 +380,81 @@ class ServeSink(Sink):
             self._drop(listener)
         for sock in (self._sock, self._wake_r, self._wake_w):
             sock.close()
+
+    # -- browsers -------------------------------------------------------------------------
+    def _http(self, listener: _Listener) -> None:
+        """Answers a browser's request once its headers are in; a WebSocket upgrade becomes a listener."""
+        try:
+            request = web.parse_request(bytes(listener.request))
+            if request is None:
+                return
+            listener.request.clear()
+            listener.hello_deadline = time.monotonic() + HTTP_SECONDS
+            answer, cookie = self._authorise(request)
+            if answer is not None:
+                self.refused += 1
+                log.warning("gradmidi: refused browser %s: %s", listener.peer, request.path)
+                self._answer(listener, answer)
+            elif request.path == web.STREAM_PATH and request.wants_websocket:
+                switched = web.upgrade(request)
+                listener.kind, listener.authorised = "ws", True
+                listener.hello_deadline = time.monotonic() + HELLO_SECONDS
+                listener.out += switched
+                self._flush(listener)
+            else:
+                self._answer(listener, web.asset(request, set_cookie=cookie))
+                log.debug("gradmidi: browser %s got %s", listener.peer, request.path)
+        except web.HTTPError as exc:
+            self._answer(listener, web.error(exc.status, str(exc)))
+
+    def _authorise(self, request: web.Request) -> tuple[bytes | None, str | None]:
+        """(an answer that refuses, or None; the cookie that keeps a token given in the URL)."""
+        if request.wants_websocket and not web.same_origin(request):
+            return web.error(403, "the stream is for this page only (Origin)"), None
+        if self.token is None:
+            if not web.loopback_host(request):
+                return web.error(403, "this run serves loopback names only (Host)"), None
+            return None, None
+        given = web.token_given(request, self.port)
+        if web.token_matches(given, self.token):
+            cookie = None
+            if request.query.get("token"):
+                cookie = f"{web.cookie_name(self.port)}={self.token}; Path=/; HttpOnly; SameSite=Lax"
+            return None, cookie
+        if request.path in ("/", "/index.html"):
+            return web.token_form(wrong=given is not None), None
+        return web.error(403 if given else 401, "the token is missing or wrong"), None
+
+    def _answer(self, listener: _Listener, answer: bytes) -> None:
+        listener.hang_up = True
+        listener.out += answer
+        self._flush(listener)
+
+    def _ws_messages(self, listener: _Listener, frames: list[tuple[int, bytes]]) -> list[dict]:
+        messages = []
+        for opcode, payload in frames:
+            if opcode == websocket.CLOSE:
+                self._answer(listener, websocket.close_frame())
+                break
+            if opcode == websocket.PING:
+                listener.out += websocket.frame(payload, websocket.PONG)
+                self._flush(listener)
+            elif opcode == websocket.TEXT:
+                try:
+                    message = json.loads(payload.decode("utf-8"))
+                except (UnicodeDecodeError, ValueError):
+                    raise FrameError("a WebSocket message that is not JSON") from None
+                if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+                    raise FrameError("a message that is not an object with a type")
+                messages.append(message)
+        return messages
+
+    def _frame(self, listener: _Listener, message: dict) -> bytes:
+        return _ws_frame(message) if listener.kind == "ws" else encode(message)
+
+
+def _ws_frame(message: dict) -> bytes:
+    return websocket.frame(json.dumps(message, separators=(",", ":"), allow_nan=False).encode())
 
 
 def _family(host: str) -> socket.AddressFamily:
