@@ -21,6 +21,7 @@ import numpy as np
 AUDIO_TAG = "gradmidi/audio"
 PLOT_TAG = "gradmidi/plot"
 AUDIO_RATE = 22050  # a preview: half the bytes of 44.1 kHz
+AUDIO_SECONDS = 120.0  # a longer run is heard as a summary of this length (summary.py)
 PLOT_DPI = 80
 
 
@@ -67,11 +68,11 @@ def score_media(score: str | os.PathLike, folder: Path, soundfont: str | os.Path
 
 
 def render_for_dashboard(score: str | os.PathLike, out: Path, soundfont: str | os.PathLike | None) -> None:
-    """The audio a dashboard gets: the whole score for now. Long runs will get a summary of a
-    bounded length here (render's ``duration=``, being built), so a dashboard stays small."""
+    """The audio a dashboard gets: the whole score, or for a run longer than AUDIO_SECONDS a summary of
+    that length (every event kept), so a dashboard stays small and any run is heard in full."""
     from ..render import render
 
-    render(score, out, soundfont, rate=AUDIO_RATE)
+    render(score, out, soundfont, rate=AUDIO_RATE, duration=AUDIO_SECONDS)
 
 
 def plot_image(score: str | os.PathLike) -> np.ndarray:
