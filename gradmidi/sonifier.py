@@ -40,6 +40,7 @@ from .sinks.base import Sink
 from .sinks.factory import LiveSpec, build_sinks, check_audio, check_user_sinks
 from .voices import LayerRecord, plan_voices
 from .wrappers import user_model
+from .zero import BoundaryWatch, ZeroCapture, deepspeed_engine
 
 
 class Sonifier:
@@ -168,7 +169,8 @@ class Sonifier:
         # Only rank zero sounds, unless each rank asks to (then give each its own path).
         self.sounding = self.rank == 0 or not rank_zero_only
         self.audio = check_audio(audio, path, soundfont, self.sounding)
-        model = unwrap(model)
+        engine = deepspeed_engine(model)  # DeepSpeed: its module's layers, its ZeRO partitions' gradients
+        model = unwrap(model if engine is None else engine.module)
         self._model = model
         layers, table, assignment = _voice_plan(model, include_frozen, voices=voices, programs=programs,
                                                 max_voices=max_voices, factors=adapter_factors)
@@ -184,12 +186,14 @@ class Sonifier:
         )
         self.voices = table
         self.layers = layers
-        self._capture = NormCapture(layers)
+        self._capture: NormCapture | ZeroCapture = (NormCapture(layers) if engine is None
+                                                    else ZeroCapture(engine, layers))
         # aggregate="last" sounds a slot's last step only, so the others need not be captured at all.
         self._sample_every = clock.every if aggregate == "last" else 1
         # Distributed: skip steps whose gradients were not synchronised (gradient accumulation).
-        self._sync_watch = GradientSyncWatch(model) if world > 1 else None
-        self._rebind_params = world > 1
+        self._sync_watch: GradientSyncWatch | BoundaryWatch | None = (
+            BoundaryWatch(engine) if engine is not None else GradientSyncWatch(model) if world > 1 else None)
+        self._rebind_params = world > 1 and engine is None
         self.unsynced_steps = 0
         self._steps = 0
         self._epochs = 0
@@ -285,7 +289,7 @@ class Sonifier:
                 self._keep_in_flight(self._capture.launch(None, only))
             self._steps += 1
             return None
-        scaling = bool(scaler is not None and scaler.is_enabled())
+        scaling = bool(scaler is not None and scaler.is_enabled()) or getattr(self._capture, "skips_nonfinite", False)
         pending = self._capture.launch(loss, only)
         step = self._steps
         self._steps += 1
