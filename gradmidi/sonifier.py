@@ -187,7 +187,7 @@ class Sonifier:
         self.voices = table
         self.layers = layers
         self._capture: NormCapture | ZeroCapture = (NormCapture(layers) if engine is None
-                                                    else ZeroCapture(engine, layers))
+                                                    else ZeroCapture(engine.optimizer, layers))
         # aggregate="last" sounds a slot's last step only, so the others need not be captured at all.
         self._sample_every = clock.every if aggregate == "last" else 1
         # Distributed: skip steps whose gradients were not synchronised (gradient accumulation).

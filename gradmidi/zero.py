@@ -58,11 +58,40 @@ class BoundaryWatch:
         self._engine = None
 
 
+def engine_of_module(module: Any) -> Any:
+    """The DeepSpeedEngine training ``module``, or None. For frameworks that keep the engine to
+    themselves (the Transformers Trainer hands callbacks the bare model): DeepSpeed keeps no link
+    from a module to its engine, so the engine is found among the module's holders, once."""
+    if "deepspeed" not in sys.modules:
+        return None
+    import gc
+
+    from deepspeed.runtime.engine import DeepSpeedEngine
+
+    holders = gc.get_referrers(module)  # the engine itself, or its dict of submodules: two heap scans at most
+    dicts = [holder for holder in holders if isinstance(holder, dict)]
+    for owner in holders + (gc.get_referrers(*dicts) if dicts else []):
+        if isinstance(owner, DeepSpeedEngine) and owner.module is module:
+            return owner
+    return None
+
+
+def call_before_step(optimizer: Any, hook: Any) -> None:
+    """Runs ``hook()`` each time ``optimizer.step()`` starts: the last moment the partitions hold the
+    step's gradients, where a framework calls ``engine.step()`` itself (Accelerate's backward does)."""
+    step = optimizer.step
+
+    def step_after_hook(*args: Any, **kwargs: Any) -> Any:
+        hook()
+        return step(*args, **kwargs)
+
+    optimizer.step = step_after_hook
+
+
 class ZeroCapture:
     """``NormCapture``'s interface over a ZeRO optimizer's gradient partitions."""
 
-    def __init__(self, engine: Any, layers: list[Layer]) -> None:
-        optimizer = engine.optimizer
+    def __init__(self, optimizer: Any, layers: list[Layer]) -> None:
         self.layers = layers
         self._optimizer = optimizer
         self._groups, everything = _partition_layout(optimizer)
@@ -74,7 +103,7 @@ class ZeroCapture:
         self._present[[layer_of[id(p)] for p in everything if id(p) in layer_of]] = True
         self._present.flags.writeable = False
         self._process_group = optimizer.dp_process_group
-        self._device = torch.device(engine.device)
+        self._device = torch.device(optimizer.device)
         # fp16 ZeRO skips every step whose gradients are not finite (loss-scale calibration): heard as skipped
         self.skips_nonfinite = getattr(optimizer, "dtype", None) == torch.float16
         self._plans: dict[tuple[int, ...], list[_Entry]] = {}

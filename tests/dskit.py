@@ -29,18 +29,19 @@ CONFIGS = [(f"zero{stage}_{precision}", stage, precision, 3, 5 if precision == "
 CONFIGS += [(f"zero{stage}_deep", stage, "fp32", 10, 2) for stage in (2, 3)]
 
 
-def launch(world: int, out: Path, timeout: float = 600) -> list[dict]:
-    """torchrun on ``world`` ranks; DeepSpeed's first run on a machine JIT-builds its CPU comm op."""
+def launch(world: int, out: Path, script: Path | None = None, *args: str, timeout: float = 600) -> list[dict]:
+    """torchrun on ``world`` ranks (this file, or ``script``); the ``rank-R.json`` files they wrote.
+    DeepSpeed's first run on a machine JIT-builds its CPU comm op (when a compiler is there)."""
     sys.path.insert(0, str(Path(__file__).parent))
     from jackkit import free_port
 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={world}",
-                           f"--master-port={free_port()}", __file__, str(out)],
+                           f"--master-port={free_port()}", str(script or __file__), str(out), *args],
                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, env=env, cwd=out, timeout=timeout)
     assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout[-6000:]}"
-    return [json.loads((out / f"rank-{rank}.json").read_text()) for rank in range(world)]
+    return [json.loads(path.read_text()) for path in sorted(out.glob("rank-*.json"))]
 
 
 # -- inside each rank ------------------------------------------------------------------------

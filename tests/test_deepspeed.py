@@ -126,3 +126,14 @@ def test_the_zero3_fp16_example_runs_under_torchrun_on_the_cpu(tmp_path):
     skipped = int(result.stdout.split(" overflow steps")[0].rsplit(" ", 1)[1])
     assert skipped > 0 and summary["events"]["skipped"] == skipped
     assert sum(summary["events"].values()) == skipped  # the overflow is heard as skipped, nothing else
+
+
+def test_the_transformers_callback_hears_a_trainer_running_zero3(tmp_path):
+    """Accelerate's backward runs engine.step() before on_pre_optimizer_step: the callback still
+    hears every optimizer step, and its layers make the grad_norm the Trainer logs (DeepSpeed's)."""
+    (zero,) = launch(2, tmp_path, ROOT / "tests" / "dskit_trainer.py", "3")
+    assert zero["steps"] == len(zero["norms"]) == len(zero["grad_norms"]) == 3
+    assert zero["voices"] == ["encoder", "head"]
+    for norms, logged in zip(zero["norms"], zero["grad_norms"], strict=True):
+        assert all(v > 0 for v in norms)
+        assert math.sqrt(sum(v * v for v in norms)) == pytest.approx(logged, rel=1e-5)

@@ -7,6 +7,9 @@ norms, set ``max_grad_norm=0`` and clip in your own way, or accept that the soun
 shape of the gradients with explosions flattened. The loss comes from the Trainer's logs:
 with ``logging_steps=1`` every step has its loss; otherwise the logged mean is given to the
 step at which it is logged.
+
+Under DeepSpeed, Accelerate's backward runs ``engine.step()`` itself, before that hook, and the
+ZeRO partitions are gone by then: the norms are taken as the engine's optimizer step starts.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 
 from ..errors import GradmidiError
 from ..sonifier import CapturedStep, Sonifier
+from ..zero import call_before_step, engine_of_module
 from ._common import require, score_path, sonifier_options
 
 if TYPE_CHECKING:
@@ -38,6 +42,7 @@ class SonifyCallback(TrainerCallback):
         self.options = sonifier_options(options)
         self.sonifier: Sonifier | None = None
         self._held: CapturedStep | None = None
+        self._deepspeed = False
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                        model: torch.nn.Module | None = None, **kwargs: Any) -> None:
@@ -46,7 +51,11 @@ class SonifyCallback(TrainerCallback):
         path = score_path(self.path, args.output_dir)
         if state.is_world_process_zero:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.sonifier = Sonifier(model, path, title=type(model).__name__, **self.options)
+        engine = engine_of_module(model)
+        self.sonifier = Sonifier(engine or model, path, title=type(model).__name__, **self.options)
+        if engine is not None:
+            call_before_step(engine.optimizer, self._capture)
+            self._deepspeed = True
 
     def on_epoch_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                        **kwargs: Any) -> None:
@@ -56,9 +65,8 @@ class SonifyCallback(TrainerCallback):
 
     def on_pre_optimizer_step(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                               **kwargs: Any) -> None:
-        if self.sonifier is not None:
-            self._release()
-            self._held = self.sonifier.capture()
+        if not self._deepspeed:
+            self._capture()
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                     **kwargs: Any) -> None:
@@ -76,6 +84,11 @@ class SonifyCallback(TrainerCallback):
         if self.sonifier is not None:
             self._release()
             self.sonifier.close()
+
+    def _capture(self) -> None:
+        if self.sonifier is not None:
+            self._release()
+            self._held = self.sonifier.capture()
 
     def _release(self, loss: float | None = None) -> None:
         if self._held is not None:
