@@ -162,6 +162,32 @@ def run_config(name: str, stage: int, precision: str, depth: int, steps: int, ra
     return result
 
 
+def refusals() -> dict[str, str]:
+    """What gradmidi cannot read is refused when the Sonifier is made, in one line (GradmidiError)."""
+    import deepspeed
+    import torch
+
+    import gradmidi
+    from gradmidi.errors import GradmidiError
+
+    said = {}
+    for name, extra in (("stage0", {"zero_optimization": {"stage": 0}}),
+                        ("offload", {"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}},
+                                     "zero_force_ds_cpu_optimizer": False}),
+                        ("unmanaged", {"managed_gradient_accumulation": False})):
+        model = mlp(3)
+        config = {**ds_config(2, "fp32"), **extra}
+        engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                                          config=config)
+        try:
+            gradmidi.Sonifier(engine, None).close()
+            said[name] = "accepted"
+        except GradmidiError as exc:
+            said[name] = str(exc)
+        engine.destroy()
+    return said
+
+
 def main() -> None:
     out = Path(sys.argv[1])
     import deepspeed
@@ -174,6 +200,7 @@ def main() -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     results = {name: run_config(name, stage, precision, depth, steps, rank, world, out)
                for name, stage, precision, depth, steps in CONFIGS}
+    results["refusals"] = refusals()
     gc.collect()
     dist.destroy_process_group()
     (out / f"rank-{rank}.json").write_text(json.dumps(results))

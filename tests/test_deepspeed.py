@@ -110,6 +110,14 @@ def test_only_rank_zero_sounds_and_layers_are_named_as_written(results):
     assert results[0]["zero3_fp32"]["voices"] == ["0", "2", "4"]
 
 
+def test_what_gradmidi_cannot_read_is_refused_in_one_line(results):
+    said = results[0]["refusals"]
+    assert "ZeRO stages 1, 2 and 3" in said["stage0"] and "SGD" in said["stage0"]  # the engine's optimizer, named
+    assert "ZeRO-Offload" in said["offload"]
+    assert "managed_gradient_accumulation=false" in said["unmanaged"]
+    assert all("\n" not in message for message in said.values())
+
+
 def test_the_zero3_fp16_example_runs_under_torchrun_on_the_cpu(tmp_path):
     out = tmp_path / "zero.mid"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
