@@ -26,6 +26,7 @@ parser.add_argument("--out", default="zero.mid")
 parser.add_argument("--stage", type=int, default=2, choices=(1, 2, 3))
 parser.add_argument("--epochs", type=int, default=2)
 parser.add_argument("--accumulate", type=int, default=2, help="micro-batches per optimizer step")
+parser.add_argument("--batch-size", type=int, default=16, help="micro-batch per rank")
 precision = parser.add_mutually_exclusive_group()
 precision.add_argument("--fp16", action="store_true")
 precision.add_argument("--bf16", action="store_true")
@@ -39,12 +40,12 @@ x = torch.tensor(digits.data, dtype=torch.float32) / 16.0
 y = torch.tensor(digits.target)
 dataset = torch.utils.data.TensorDataset(x, y)
 sampler = torch.utils.data.distributed.DistributedSampler(dataset, shuffle=True, seed=0)
-loader = torch.utils.data.DataLoader(dataset, batch_size=16, sampler=sampler)
+loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, drop_last=True)
 
 torch.manual_seed(0)  # the same initial weights on every rank
 model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.LayerNorm(128), nn.Linear(128, 10))
 config = {
-    "train_micro_batch_size_per_gpu": 16,
+    "train_micro_batch_size_per_gpu": args.batch_size,
     "gradient_accumulation_steps": args.accumulate,
     "zero_optimization": {"stage": args.stage},
     "zero_allow_untested_optimizer": True,  # a plain torch optimizer

@@ -8,6 +8,7 @@ started; per optimizer step, whether DeepSpeed skipped it (fp16 overflow) and it
 norm. Rank zero adds the norms gradmidi handed its sinks, and two references: a single-process
 fp32 run of the same model on the same global batch, and each layer's norm from DeepSpeed's own
 full gradients (``safe_get_full_grad``, which gathers: called here only, after ``son.step()``).
+Then the refusals, and the Transformers Trainer running ZeRO-3 with the callback (dskit_trainer.py).
 """
 
 from __future__ import annotations
@@ -29,19 +30,19 @@ CONFIGS = [(f"zero{stage}_{precision}", stage, precision, 3, 5 if precision == "
 CONFIGS += [(f"zero{stage}_deep", stage, "fp32", 10, 2) for stage in (2, 3)]
 
 
-def launch(world: int, out: Path, script: Path | None = None, *args: str, timeout: float = 600) -> list[dict]:
-    """torchrun on ``world`` ranks (this file, or ``script``); the ``rank-R.json`` files they wrote.
-    DeepSpeed's first run on a machine JIT-builds its CPU comm op (when a compiler is there)."""
+def launch(world: int, out: Path, timeout: float = 600) -> list[dict]:
+    """torchrun on ``world`` ranks; DeepSpeed's first run on a machine JIT-builds its CPU comm op
+    (when a compiler is there)."""
     sys.path.insert(0, str(Path(__file__).parent))
     from jackkit import free_port
 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={world}",
-                           f"--master-port={free_port()}", str(script or __file__), str(out), *args],
+                           f"--master-port={free_port()}", __file__, str(out)],
                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, env=env, cwd=out, timeout=timeout)
     assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout[-6000:]}"
-    return [json.loads(path.read_text()) for path in sorted(out.glob("rank-*.json"))]
+    return [json.loads((out / f"rank-{rank}.json").read_text()) for rank in range(world)]
 
 
 # -- inside each rank ------------------------------------------------------------------------
@@ -201,6 +202,9 @@ def main() -> None:
     results = {name: run_config(name, stage, precision, depth, steps, rank, world, out)
                for name, stage, precision, depth, steps in CONFIGS}
     results["refusals"] = refusals()
+    from dskit_trainer import run_trainer  # the Transformers Trainer last: its import is the slowest
+
+    results["trainer_zero3"] = run_trainer(out, 3, rank)
     gc.collect()
     dist.destroy_process_group()
     (out / f"rank-{rank}.json").write_text(json.dumps(results))

@@ -1,14 +1,10 @@
-"""The Transformers Trainer running DeepSpeed ZeRO with gradmidi's SonifyCallback, on CPU ranks
-under torchrun (tests/test_deepspeed.py starts it through ``dskit.launch``).
-
-Rank zero writes ``OUT/rank-0.json``: the norms the callback handed its sink at each optimizer
-step, and the ``grad_norm`` the Trainer logged for it (DeepSpeed's own global norm).
+"""The Transformers Trainer running DeepSpeed ZeRO with gradmidi's SonifyCallback, inside the
+ranks tests/dskit.py starts: on rank zero, the norms the callback handed its sink at each
+optimizer step and the ``grad_norm`` the Trainer logged for it (DeepSpeed's own global norm).
 """
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import torch
@@ -60,8 +56,7 @@ class Pairs(torch.utils.data.Dataset):
         return {"x": torch.randn(4, generator=g), "labels": torch.randn(2, generator=g)}
 
 
-def main() -> None:
-    out, stage = Path(sys.argv[1]), int(sys.argv[2])
+def run_trainer(out: Path, stage: int, rank: int) -> dict:
     torch.manual_seed(0)
     recorder, logged = Recorder(), LoggedNorms()
     ds_config = {"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
@@ -73,11 +68,7 @@ def main() -> None:
     callback = SonifyCallback(out / "trainer.mid", sinks=[recorder])
     trainer = Trainer(model=Tiny(), args=args, train_dataset=Pairs(), callbacks=[callback, logged])
     trainer.train()
-    if trainer.is_world_process_zero():
-        (out / "rank-0.json").write_text(json.dumps({
-            "norms": recorder.norms, "grad_norms": logged.grad_norms, "steps": callback.sonifier.steps,
-            "voices": [v.name for v in callback.sonifier.voices]}))
-
-
-if __name__ == "__main__":
-    main()
+    if rank:
+        return {"steps": callback.sonifier.steps}
+    return {"norms": recorder.norms, "grad_norms": logged.grad_norms, "steps": callback.sonifier.steps,
+            "voices": [v.name for v in callback.sonifier.voices]}

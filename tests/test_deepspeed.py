@@ -123,23 +123,25 @@ def test_the_zero3_fp16_example_runs_under_torchrun_on_the_cpu(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
-         str(ROOT / "examples" / "deepspeed_zero.py"), "--out", str(out), "--epochs", "1", "--stage", "3", "--fp16"],
+         str(ROOT / "examples" / "deepspeed_zero.py"), "--out", str(out), "--epochs", "1", "--stage", "3", "--fp16",
+         "--batch-size", "64"],
         capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    # 1,797 digits over 2 ranks in micro-batches of 16: 57 micro-steps, every second one a boundary
-    assert "28 steps sounded" in result.stdout and "29 micro-steps before a boundary skipped" in result.stdout
+    # 1,797 digits over 2 ranks in micro-batches of 64: 14 micro-steps, every second one a boundary
+    assert "7 steps sounded" in result.stdout and "7 micro-steps before a boundary skipped" in result.stdout
     assert [p.name for p in tmp_path.iterdir()] == ["zero.mid"]  # one file: rank zero's
     summary = gradmidi.read_score(out).summary()
-    assert summary["steps"] == 28 and [v["name"] for v in summary["voices"]] == ["0", "2", "3"]
+    assert summary["steps"] == 7 and [v["name"] for v in summary["voices"]] == ["0", "2", "3"]
     skipped = int(result.stdout.split(" overflow steps")[0].rsplit(" ", 1)[1])
     assert skipped > 0 and summary["events"]["skipped"] == skipped
     assert sum(summary["events"].values()) == skipped  # the overflow is heard as skipped, nothing else
 
 
-def test_the_transformers_callback_hears_a_trainer_running_zero3(tmp_path):
+def test_the_transformers_callback_hears_a_trainer_running_zero3(results):
     """Accelerate's backward runs engine.step() before on_pre_optimizer_step: the callback still
     hears every optimizer step, and its layers make the grad_norm the Trainer logs (DeepSpeed's)."""
-    (zero,) = launch(2, tmp_path, ROOT / "tests" / "dskit_trainer.py", "3")
+    zero = results[0]["trainer_zero3"]
+    assert results[1]["trainer_zero3"]["steps"] == 3
     assert zero["steps"] == len(zero["norms"]) == len(zero["grad_norms"]) == 3
     assert zero["voices"] == ["encoder", "head"]
     for norms, logged in zip(zero["norms"], zero["grad_norms"], strict=True):
