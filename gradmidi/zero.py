@@ -176,11 +176,29 @@ def _partition_layout(optimizer: Any) -> tuple[list[list[torch.nn.Parameter]], l
         if optimizer.offload_optimizer:
             raise GradmidiError("gradmidi does not read ZeRO-Offload's gradients yet: turn offload_optimizer off")
         groups = [list(group) for group in optimizer.fp16_groups]
+        _one_partition_group([getattr(p, "ds_process_group", optimizer.dp_process_group) for group in groups
+                              for p in group], optimizer.dp_process_group)
         return groups, [p for group in groups for p in group]
     if isinstance(optimizer, DeepSpeedZeroOptimizer):
         if optimizer.cpu_offload:
             raise GradmidiError("gradmidi does not read ZeRO-Offload's gradients yet: turn offload_optimizer off")
         groups = [list(group) for group in optimizer.params_in_partition]
+        _one_partition_group(optimizer.real_dp_process_group, optimizer.dp_process_group)
         return groups, [p for group in optimizer.bit16_groups for p in group]
     raise GradmidiError(f"gradmidi sounds DeepSpeed under ZeRO stages 1, 2 and 3; this engine's optimizer is "
                         f"{type(optimizer).__name__} (ZeRO stage 0, or bf16 with fp32 gradient accumulation)")
+
+
+def _one_partition_group(groups: list[Any], data_parallel: Any) -> None:
+    """The squares are summed over the data-parallel group: every partition must be cut over it
+    (not so for mixture-of-experts parameters)."""
+    import torch.distributed as dist
+
+    def ranks(group: Any) -> list[int]:
+        return dist.get_process_group_ranks(group) if group is not None else list(range(dist.get_world_size()))
+
+    expected = ranks(data_parallel)
+    distinct = {id(group): group for group in groups if group is not data_parallel}  # usually none
+    if any(ranks(group) != expected for group in distinct.values()):
+        raise GradmidiError("gradmidi sums ZeRO's partitions over the data-parallel group; some parameters here "
+                            "are partitioned over another group (mixture of experts): not supported yet")
