@@ -28,6 +28,8 @@ IN, WIDTH = 4, 8
 CONFIGS = [(f"zero{stage}_{precision}", stage, precision, 3, 5 if precision == "fp16" else 3)
            for stage in (1, 2, 3) for precision in ("fp32", "fp16", "bf16")]
 CONFIGS += [(f"zero{stage}_deep", stage, "fp32", 10, 2) for stage in (2, 3)]
+# bf16 weights, fp32 gradient accumulation: ZeRO-2 keeps each rank's partition in one flat fp32 buffer
+CONFIGS += [("zero2_bf16_fp32_accumulation", 2, "bf16+fp32", 3, 3)]
 
 
 def launch(world: int, out: Path, timeout: float = 600) -> list[dict]:
@@ -74,8 +76,10 @@ def ds_config(stage: int, precision: str) -> dict:
               "zero_optimization": {"stage": stage}, "zero_allow_untested_optimizer": True}
     if precision == "fp16":  # a loss scale that overflows fp16 at the start: the first steps are skipped
         config["fp16"] = {"enabled": True, "initial_scale_power": 18, "hysteresis": 1, "loss_scale_window": 1000}
-    elif precision == "bf16":
+    elif precision.startswith("bf16"):
         config["bf16"] = {"enabled": True}
+        if precision == "bf16+fp32":
+            config["data_types"] = {"grad_accum_dtype": "fp32"}
     return config
 
 
@@ -102,7 +106,8 @@ def run_config(name: str, stage: int, precision: str, depth: int, steps: int, ra
 
     torch.manual_seed(0)
     model = mlp(depth)
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
+             "bf16+fp32": torch.bfloat16}[precision]
     reference = mlp(depth)  # fp32, on the global batch, from the same (rounded) weights
     reference.load_state_dict({k: v.to(dtype).float() for k, v in model.state_dict().items()})
     engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
 
 NAMES = [name for name, *_ in CONFIGS]
 # fp16 and bf16 compute the gradients themselves in fewer bits than the fp32 reference
-PRECISION_TOLERANCE = {"fp32": 1e-5, "fp16": 2e-3, "bf16": 2e-2}
+PRECISION_TOLERANCE = {"fp32": 1e-5, "fp16": 2e-3, "bf16": 2e-2, "bf16+fp32": 2e-2}
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def test_rank_zero_norms_equal_a_single_process_run_on_the_global_batch(results)
         zero = results[0][name]
         pairs = [(as_float(n), r) for n, r, skipped in zip(zero["norms"], zero["reference"], zero["skipped"],
                                                                   strict=True) if not skipped]
-        if precision == "bf16":  # bf16 weights drift from the fp32 reference's after the first update
+        if precision.startswith("bf16"):  # bf16 weights drift from the fp32 reference's after the first update
             pairs = pairs[:1]
         for got, expected in pairs:
             assert_close(got, expected, PRECISION_TOLERANCE[precision])
