@@ -12,12 +12,13 @@ the average over ranks and accumulation steps that ``engine.step()`` applies, so
 those of the global batch's gradient.
 
 Only gradient-accumulation boundaries sound: before one, the partitions are incomplete.
-``deepspeed`` is never imported here; a model trained under it has imported it already.
+``deepspeed`` is imported here only once ``sys.modules`` shows the program has imported it.
 """
 
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Any
 
 import numpy as np
@@ -78,11 +79,15 @@ def engine_of_module(module: Any) -> Any:
 
 def call_before_step(optimizer: Any, hook: Any) -> None:
     """Runs ``hook()`` each time ``optimizer.step()`` starts: the last moment the partitions hold the
-    step's gradients, where a framework calls ``engine.step()`` itself (Accelerate's backward does)."""
+    step's gradients, where a framework calls ``engine.step()`` itself (Accelerate's backward does).
+    The hook runs inside the framework's step, out of the user's reach: a fault in it is a warning."""
     step = optimizer.step
 
     def step_after_hook(*args: Any, **kwargs: Any) -> Any:
-        hook()
+        try:
+            hook()
+        except Exception as exc:  # never the training's end
+            warnings.warn(f"gradmidi: this step is not sounded: {exc}", RuntimeWarning, stacklevel=2)
         return step(*args, **kwargs)
 
     optimizer.step = step_after_hook

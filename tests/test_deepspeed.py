@@ -149,3 +149,21 @@ def test_the_transformers_callback_hears_a_trainer_running_zero3(results):
     for norms, logged in zip(zero["norms"], zero["grad_norms"], strict=True):
         assert all(v > 0 for v in norms)
         assert math.sqrt(sum(v * v for v in norms)) == pytest.approx(logged, rel=1e-5)
+
+
+def test_a_fault_in_the_hook_before_the_optimizer_step_is_a_warning_and_the_step_still_runs():
+    import torch
+
+    from gradmidi.zero import call_before_step
+
+    weight = torch.nn.Parameter(torch.ones(2))
+    weight.grad = torch.ones(2)
+    optimizer = torch.optim.SGD([weight], lr=0.5)
+
+    def broken():
+        raise RuntimeError("partitions moved")
+
+    call_before_step(optimizer, broken)
+    with pytest.warns(RuntimeWarning, match="not sounded: partitions moved"):
+        optimizer.step()
+    assert weight.tolist() == [0.5, 0.5]
