@@ -43,6 +43,7 @@ from .sinks.factory import LiveSpec, build_sinks, check_audio, check_user_sinks
 from .stages import gather_layers, pipeline_stages
 from .voices import LayerRecord, plan_voices
 from .wrappers import user_model
+from .zero import BoundaryWatch, ZeroCapture, deepspeed_engine
 
 
 class Sonifier:
@@ -177,7 +178,8 @@ class Sonifier:
         self.audio = check_audio(audio, path, soundfont, self.sounding)
         stages = pipeline_stages(model)  # pipeline parallelism: every stage's layers, from every rank
         piped = gather_layers(stages) if stages is not None else None
-        model = unwrap(piped.module if piped is not None else model)
+        engine = deepspeed_engine(model) if piped is None else None  # DeepSpeed: its ZeRO partitions' gradients
+        model = unwrap(piped.module if piped is not None else model if engine is None else engine.module)
         self._model = model
         layers, table, assignment = _voice_plan(piped.layers if piped is not None else model_layers(model),
                                                 include_frozen, voices=voices, programs=programs,
@@ -194,13 +196,17 @@ class Sonifier:
         )
         self.voices = table
         self.layers = layers
-        self._capture = NormCapture(layers, piped.holders if piped is not None else None)
+        self._capture: NormCapture | ZeroCapture = (
+            ZeroCapture(engine.optimizer, layers) if engine is not None
+            else NormCapture(layers, piped.holders if piped is not None else None))
         # aggregate="last" sounds a slot's last step only, so the others need not be captured at all.
         self._sample_every = clock.every if aggregate == "last" else 1
         # Distributed: skip steps whose gradients were not synchronised (gradient accumulation). A pipeline
-        # schedule syncs its stages' gradients by the end of its step() itself.
-        self._sync_watch = GradientSyncWatch(model) if world > 1 and piped is None else None
-        self._rebind_params = self._sync_watch is not None
+        # schedule syncs its stages' gradients by the end of its step() itself; DeepSpeed says its boundaries.
+        self._sync_watch: GradientSyncWatch | BoundaryWatch | None = (
+            BoundaryWatch(engine) if engine is not None
+            else GradientSyncWatch(model) if world > 1 and piped is None else None)
+        self._rebind_params = isinstance(self._sync_watch, GradientSyncWatch)
         self.unsynced_steps = 0
         self._steps = 0
         self._epochs = 0
@@ -296,7 +302,7 @@ class Sonifier:
                 self._keep_in_flight(self._capture.launch(loss if self._capture.spread else None, only))
             self._steps += 1
             return None
-        scaling = bool(scaler is not None and scaler.is_enabled())
+        scaling = bool(scaler is not None and scaler.is_enabled()) or getattr(self._capture, "skips_nonfinite", False)
         pending = self._capture.launch(loss, only)
         step = self._steps
         self._steps += 1

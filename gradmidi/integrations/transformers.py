@@ -8,6 +8,10 @@ and the worker thread divides the factor back out: you hear what the model did, 
 clipping left. The loss comes from the Trainer's logs: with ``logging_steps=1`` every step has
 its loss; otherwise the logged mean is given to the step at which it is logged.
 
+Under DeepSpeed, Accelerate's backward runs ``engine.step()`` itself, before that hook, and the
+ZeRO partitions are gone by then: the norms are taken as the engine's optimizer step starts
+(DeepSpeed clips inside that step, after the norms are taken, so they are the raw ones too).
+
 ``trainer.train(resume_from_checkpoint=...)`` continues the score: the Trainer has restored
 ``state.global_step`` when training begins, and the score goes on from that step.
 
@@ -30,6 +34,7 @@ import torch
 
 from ..errors import GradmidiError
 from ..sonifier import CapturedStep, Sonifier
+from ..zero import call_before_step, engine_of_module
 from ._common import require, score_path, sonifier_options
 from ._dashboards import dashboard_faults_warn, publish
 
@@ -55,6 +60,7 @@ class SonifyCallback(TrainerCallback):
         self._unwatch: Callable[[], None] | None = None
         self._trainer: Callable[[], Trainer | None] = lambda: None
         self._score = ""
+        self._deepspeed = False
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                        model: torch.nn.Module | None = None, **kwargs: Any) -> None:
@@ -65,18 +71,20 @@ class SonifyCallback(TrainerCallback):
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         # A fresh TrainerState starts at step 0; one loaded from a checkpoint is where it stopped.
         resuming = state.global_step > 0
-        self.sonifier = Sonifier(model, path, title=type(model).__name__, resume=resuming,
+        engine = engine_of_module(model)
+        self.sonifier = Sonifier(engine or model, path, title=type(model).__name__, resume=resuming,
                                  start_step=state.global_step if resuming else None, **self.options)
+        if engine is not None:
+            call_before_step(engine.optimizer, self._capture)
+            self._deepspeed = True
         trainer = _running_trainer()
         if trainer is not None:
             self._trainer = weakref.ref(trainer)
-        if args.max_grad_norm and args.max_grad_norm > 0:
+        if args.max_grad_norm and args.max_grad_norm > 0 and engine is None:  # DeepSpeed clips after our norms
             self._watch_clipping(trainer)
 
     def _watch_clipping(self, trainer: Trainer | None) -> None:
         """Keeps the total that the Trainer's clipping returns (its norm before clipping)."""
-        if getattr(trainer, "is_deepspeed_enabled", False):
-            return  # DeepSpeed clips inside its own engine step, not by this factor
         clip = getattr(trainer, "_clip_grad_norm", None)
         if trainer is None or clip is None:
             warnings.warn("gradmidi: this Trainer's clipping total cannot be read: with max_grad_norm set, you hear "
@@ -104,10 +112,9 @@ class SonifyCallback(TrainerCallback):
     def on_pre_optimizer_step(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                               **kwargs: Any) -> None:
         total, self._clip_total = self._clip_total, None
-        if self.sonifier is None:
-            return
-        self._release()
-        self._held = self.sonifier.capture()
+        if self._deepspeed:
+            return  # taken as the engine's optimizer step starts (call_before_step)
+        self._capture()
         if self._held is not None and total is not None:
             self._held.unscale(_clip_factor(total, args.max_grad_norm))
 
@@ -153,6 +160,11 @@ class SonifyCallback(TrainerCallback):
         finally:
             for writer in writers:
                 writer.close()
+
+    def _capture(self) -> None:
+        if self.sonifier is not None:
+            self._release()
+            self._held = self.sonifier.capture()
 
     def _release(self, loss: float | None = None) -> None:
         if self._held is not None:
