@@ -35,6 +35,7 @@ SUITE = {
     "live": (["bench_live.py", "--minutes", "3"], ["bench_live.py", "--minutes", "0.5"], "jackd"),
     "start": (["bench_start.py"], ["bench_start.py", "--rounds", "3"], None),
     "serve": (["bench_serve.py"], ["bench_serve.py", "--steps", "300", "--rounds", "1"], None),
+    "deepspeed": (["bench_deepspeed.py"], ["bench_deepspeed.py", "--reps", "10", "--rounds", "2"], None),
     "distributed": (["bench_distributed.py"], ["bench_distributed.py", "--steps", "40", "--rounds", "2"], None),
 }
 

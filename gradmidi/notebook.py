@@ -19,7 +19,7 @@ from pathlib import Path
 from .errors import GradmidiError
 from .scorefile import ScoreFile, read_score
 
-MAX_AUDIO_SECONDS = 300.0  # longer runs are not embedded: minutes of audio would bloat the notebook
+MAX_AUDIO_SECONDS = 120.0  # a longer run is embedded as a summary this long: minutes of audio would bloat it
 AUDIO_RATE = 22050  # enough for a preview, half the bytes of 44.1 kHz
 PLOT_DPI = 80
 
@@ -48,7 +48,7 @@ def score_html(score: ScoreFile, *, audio: bool = True, soundfont: str | os.Path
              f"{s['seconds']:g} s at {s['bpm']:g} bpm; {e(counts)}")
     parts = [f'<div class="gradmidi-score"><p>{facts}</p>', _plot_html(score, max_points)]
     if audio:
-        parts.append(_audio_html(score, float(s["seconds"]), soundfont))
+        parts.append(_audio_html(score, soundfont))
     parts.append("</div>")
     return "".join(parts)
 
@@ -67,16 +67,12 @@ def _plot_html(score: ScoreFile, max_points: int) -> str:
             f'alt="piano roll and gradient norms">')
 
 
-def _audio_html(score: ScoreFile, seconds: float, soundfont: str | os.PathLike | None) -> str:
+def _audio_html(score: ScoreFile, soundfont: str | os.PathLike | None) -> str:
     from .render import fluidsynth_available, render
 
     def said(why: str) -> str:
         return f'<p class="gradmidi-noaudio">no audio: {html.escape(why)}</p>'
 
-    if seconds > MAX_AUDIO_SECONDS:
-        where = f"'{score.path.name}'" if score.path is not None else "score"
-        return said(f"the run plays {seconds / 60:.1f} min, too long to embed (at most {MAX_AUDIO_SECONDS:g} s); "
-                    f"gradmidi.render({where}, 'run.ogg') renders it whole")
     try:
         data = score.midi_bytes()
     except GradmidiError as exc:
@@ -88,11 +84,16 @@ def _audio_html(score: ScoreFile, seconds: float, soundfont: str | os.PathLike |
         midi, ogg = Path(folder) / "score.mid", Path(folder) / "score.ogg"
         midi.write_bytes(data)  # the bytes as read: an edited score sounds as edited
         try:
-            render(midi, ogg, soundfont, rate=AUDIO_RATE)
+            summary = render(midi, ogg, soundfont, rate=AUDIO_RATE, duration=MAX_AUDIO_SECONDS).summary
         except GradmidiError as exc:
             return said(str(exc))
         encoded = base64.b64encode(ogg.read_bytes()).decode("ascii")
-    return f'<audio controls preload="metadata" src="data:audio/ogg;base64,{encoded}"></audio>'
+    player = f'<audio controls preload="metadata" src="data:audio/ogg;base64,{encoded}"></audio>'
+    if summary is None:
+        return player
+    where = f"'{score.path.name}'" if score.path is not None else "score"
+    said_so = f"The audio is {summary}: every event is heard (gradmidi.render({where}, 'run.ogg') renders it whole)."
+    return f'{player}<p class="gradmidi-summary">{html.escape(said_so)}</p>'
 
 
 LIVE_HEIGHT = 620  # pixels: the page's header, piano roll, norms and the first voices

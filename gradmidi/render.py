@@ -34,6 +34,7 @@ PEAK_CEILING = -1.0  # dBFS
 TAIL_SECONDS = 2.0  # the longest release/reverb we wait for after the last note
 PARALLEL_MIN_SECONDS = 120.0  # below this, starting processes costs more than it saves
 MAX_RENDER_BYTES = 4 << 30  # all render buffers together: about 3.4 hours at 44.1 kHz
+WRITE_FRAMES = 1 << 16  # frames handed to libsndfile at a time
 FORMATS = {".wav": ("WAV", "PCM_16"), ".flac": ("FLAC", "PCM_16"), ".ogg": ("OGG", "VORBIS")}
 INSTALL_HINT = (
     "FluidSynth is not installed: Debian/Ubuntu: sudo apt-get install libfluidsynth3 (or fluidsynth); "
@@ -300,7 +301,10 @@ def _write_atomic(out: Path, audio: np.ndarray, rate: int, fmt: tuple[str, str])
         np.clip(audio, -1.0, 1.0, out=audio)
         if fmt[1] == "PCM_16":  # convert here: numpy is faster at it than libsndfile
             audio = np.multiply(audio, 32767.0, out=audio).round(out=audio).astype(np.int16)
-        soundfile.write(tmp, audio, rate, format=fmt[0], subtype=fmt[1])
+        with soundfile.SoundFile(tmp, "w", rate, audio.shape[1], fmt[1], format=fmt[0]) as f:
+            # In blocks: libsndfile's Vorbis encoder crashes on one long write (two minutes at 22.05 kHz).
+            for start in range(0, len(audio), WRITE_FRAMES):
+                f.write(audio[start:start + WRITE_FRAMES])
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
