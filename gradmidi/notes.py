@@ -61,9 +61,13 @@ class Arrangement:
         return [bytes([0xC0 | v.channel, v.program]) for v in self.header.voices]
 
     def notes(self, slot: Slot) -> Notes:
-        """Everything one slot sounds: its voice notes, then its drum hits; onsets from the slot's start."""
-        voice = self.voice_notes(np.zeros(1, dtype=np.int64), slot.pitches[None, :], slot.velocities[None, :])
-        return Notes.concat([*voice, self.drum_notes(slot)])
+        """Everything one slot sounds: its voice notes (in voice order), then its drum hits; onsets from the
+        slot's start. A few array operations whatever the voice count: live outputs call it every slot."""
+        sounding = slot.pitches >= 0
+        voices = Notes(self.channels[sounding], slot.pitches[sounding], slot.velocities[sounding],
+                       self.offsets[sounding], self.lengths[sounding])
+        drums = self.drum_notes(slot)
+        return Notes.concat([voices, drums]) if len(drums) else voices
 
     def voice_notes(self, starts: np.ndarray, pitches: np.ndarray, velocities: np.ndarray) -> list[Notes]:
         """Per voice, the notes of many slots at once (rows: slots starting at ``starts`` ticks)."""

@@ -239,6 +239,7 @@ def test_garbage_and_oversized_frames_are_refused_and_the_server_keeps_serving(t
             s.sendall(rng.integers(0, 256, 64, dtype=np.uint8).tobytes())
     train(son, model, 10)
     fresh = raw_client(port, hello())  # the server still welcomes new listeners
+    wait_for(lambda: son.server.joined == 2, 30, "the new listener")  # welcomed before the slots it must get
     with son:
         train(son, model, 10)
         assert son.server in son.sinks  # the fan-out never dropped the network sink

@@ -120,6 +120,7 @@ class ServeSink(Sink):
         self._thread: threading.Thread | None = None
         self.failed: str | None = None
         self.listeners = 0  # listeners receiving the stream now
+        self._browsers = 0  # of them, pages (their frames carry each slot's notes too)
         self.joined = 0
         self.dropped_listeners = 0  # fell behind their buffer
         self.refused = 0  # bad token, garbage, oversized frames, too many, no hello
@@ -141,10 +142,13 @@ class ServeSink(Sink):
         if self.failed:
             raise RuntimeError(self.failed)
         message = slot_message(slot)
-        notes = self._arrangement.notes(slot)
-        columns = (notes.channel, notes.key, notes.velocity, notes.onset, notes.length)  # onsets from the slot's start
-        page = dict(message, notes=np.stack(columns, axis=1).astype(np.int64).tolist() if len(notes) else [])
-        self._outbox.append((encode(message), _ws_frame(page)))
+        page = None
+        if self._browsers:  # the page's frame (the slot with its notes) only when a page is listening
+            notes = self._arrangement.notes(slot)
+            columns = (notes.channel, notes.key, notes.velocity, notes.onset, notes.length)  # from the slot's start
+            page = _ws_frame(dict(message, notes=np.stack(columns, axis=1).astype(np.int64).tolist()
+                                  if len(notes) else []))
+        self._outbox.append((encode(message), page))
         self._wake()
 
     def tick(self) -> None:
@@ -227,8 +231,9 @@ class ServeSink(Sink):
                         self._drop(listener)
                 return True
             for listener in list(self._listeners.values()):
-                if listener.welcomed:
-                    self._queue(listener, item[listener.kind == "ws"])
+                frame = item[listener.kind == "ws"]
+                if listener.welcomed and frame is not None:  # None: made before any page had joined
+                    self._queue(listener, frame)
         return False
 
     def _accept(self) -> None:
@@ -313,6 +318,7 @@ class ServeSink(Sink):
         listener.welcomed = True
         listener.limit = len(welcome) + self.buffer_bytes
         self.listeners += 1
+        self._browsers += listener.kind == "ws"
         self.joined += 1
         log.info("gradmidi: listener %s joined", listener.peer)
         self._queue(listener, welcome)
@@ -369,6 +375,7 @@ class ServeSink(Sink):
             return
         if listener.welcomed:
             self.listeners -= 1
+            self._browsers -= listener.kind == "ws"
         try:
             self._sel.unregister(listener.sock)
         except (KeyError, ValueError):
