@@ -1,10 +1,12 @@
 """Integrated loudness (ITU-R BS.1770-4), vectorised and light on memory and start-up.
 
 The K-weighting is two biquads (a high shelf and the RLB high-pass) with pyloudnorm's RBJ
-coefficients, so both measure the same. Short audio is filtered in the frequency domain with
-numpy alone: importing scipy.signal costs most of a second, more than rendering a minute of
-audio. Long audio goes through scipy's ``sosfilt``, cheaper per sample once imported. The gating
-blocks come from per-100-ms sums, so an hour of audio costs no more than one pass over it.
+coefficients, so both measure the same. Gating needs only each 100 ms step's K-weighted
+energy, and by Parseval that is the step's spectrum weighted by the filters' gain squared: one
+real FFT per step, in numpy alone (importing scipy.signal for a time-domain filter costs most of
+a second, more than rendering a minute of audio). The filters' memory across a step's edges is
+left out; on music and test signals the integrated loudness moves by about 1e-4 LU against the
+exact filter (the tests hold it within 0.01 of pyloudnorm).
 """
 
 from __future__ import annotations
@@ -17,9 +19,7 @@ BLOCK_STEPS = 4  # a 400 ms gating block is 4 steps of 100 ms (75 % overlap)
 STEP_SECONDS = 0.1
 ABSOLUTE_GATE = -70.0
 RELATIVE_GATE = -10.0
-NUMPY_FILTER_SECONDS = 150.0  # up to this much audio, filtering in numpy beats importing scipy
-_CHUNK = 1 << 18  # frequency-domain filtering: samples per FFT ...
-_SETTLE = 1 << 14  # ... of which the first are the previous chunk's, for the filters to settle (0.37 s at 44.1 kHz)
+STEPS_AT_ONCE = 600  # a minute of steps transformed at a time: memory stays bounded
 
 
 def k_weighting(rate: int) -> np.ndarray:
@@ -42,38 +42,26 @@ def k_weighting(rate: int) -> np.ndarray:
     return np.array(sections)
 
 
-def k_weighted(audio: np.ndarray, rate: int, use_scipy: bool | None = None) -> np.ndarray:
-    """``audio`` ((n, channels), float32) through the K-weighting, as from rest."""
-    sos = k_weighting(rate)
-    if use_scipy is None:
-        use_scipy = len(audio) > NUMPY_FILTER_SECONDS * rate
-    if use_scipy:
-        from scipy.signal import sosfilt
-
-        return sosfilt(sos.astype(np.float32), audio, axis=0)
-    return _filtered_by_fft(sos, audio)
-
-
-def _filtered_by_fft(sos: np.ndarray, audio: np.ndarray) -> np.ndarray:
-    """Overlap-save with the sections' exact frequency response: the filters' memory fades within
-    ``_SETTLE`` samples, so each chunk's first ``_SETTLE`` outputs (and nothing else) are wrong and
-    dropped; zeros before the start make the first chunk start from rest."""
-    z = np.exp(-2j * np.pi * np.fft.rfftfreq(_CHUNK))  # z^-1 on the FFT's frequencies
+def step_energies(data: np.ndarray, rate: int, step: int) -> np.ndarray:
+    """Each whole step's K-weighted energy, channels summed: ``data`` is (n, channels) float32."""
+    steps = len(data) // step
+    z = np.exp(-2j * np.pi * np.fft.rfftfreq(step))  # z^-1 on the FFT's frequencies
     response = np.ones(len(z), dtype=np.complex128)
-    for b0, b1, b2, a0, a1, a2 in sos:
+    for b0, b1, b2, a0, a1, a2 in k_weighting(rate):
         response *= (b0 + b1 * z + b2 * z * z) / (a0 + a1 * z + a2 * z * z)
-    response = response.astype(np.complex64)  # single precision throughout: a quarter faster, errors ~1e-7
-    channels = np.ascontiguousarray(audio.T)  # FFTs along contiguous rows are faster than down columns
-    padded = np.concatenate([np.zeros((len(channels), _SETTLE), dtype=channels.dtype), channels], axis=1)
-    out = np.empty(channels.shape, dtype=np.float32)
-    for start in range(0, channels.shape[1], _CHUNK - _SETTLE):
-        chunk = padded[:, start:start + _CHUNK]
-        filtered = np.fft.irfft(np.fft.rfft(chunk, _CHUNK) * response, _CHUNK)
-        out[:, start:start + chunk.shape[1] - _SETTLE] = filtered[:, _SETTLE:chunk.shape[1]]
-    return out.T
+    gain = np.square(np.abs(response))
+    gain[1:len(gain) - (step % 2 == 0)] *= 2  # a real FFT's bins but DC (and Nyquist) stand for two
+    gain = (gain / step).astype(np.float32)
+    channels = np.ascontiguousarray(data[: steps * step].T).reshape(data.shape[1], steps, step)
+    out = np.empty(steps, dtype=np.float64)
+    for first in range(0, steps, STEPS_AT_ONCE):
+        spectrum = np.fft.rfft(channels[:, first:first + STEPS_AT_ONCE], axis=2)
+        power = np.square(spectrum.real) + np.square(spectrum.imag)
+        out[first:first + STEPS_AT_ONCE] = (power @ gain).sum(axis=0)
+    return out
 
 
-def integrated_loudness(audio: np.ndarray, rate: int, use_scipy: bool | None = None) -> float:
+def integrated_loudness(audio: np.ndarray, rate: int) -> float:
     """LUFS of mono (n,) or multichannel (n, channels) audio; -inf when silent or too short."""
     data = np.asarray(audio, dtype=np.float32)
     if data.ndim == 1:
@@ -82,9 +70,7 @@ def integrated_loudness(audio: np.ndarray, rate: int, use_scipy: bool | None = N
     steps = len(data) // step
     if steps < BLOCK_STEPS:
         return float("-inf")
-    weighted = k_weighted(data[: steps * step], rate, use_scipy)
-    flat = weighted.reshape(steps, -1)  # a row per 100 ms step, channels interleaved (L and R weigh 1.0)
-    per_step = np.fromiter((np.dot(row, row) for row in flat), dtype=np.float64, count=steps)  # BLAS dot
+    per_step = step_energies(data, rate, step)  # L and R weigh 1.0
     window = np.convolve(per_step, np.ones(BLOCK_STEPS), mode="valid")  # 400 ms blocks, 100 ms apart
     energy = window / (BLOCK_STEPS * step)
     with np.errstate(divide="ignore"):
