@@ -225,6 +225,8 @@ class NormCapture:
     of other ranks' stages are given without parameters.
     """
 
+    skips_nonfinite = False  # the optimizer skips non-finite steps by itself (DeepSpeed's fp16 ZeRO: zero.py)
+
     def __init__(self, layers: list[Layer], holders: dict[str, int] | None = None) -> None:
         self.layers = layers
         self._params = [p for layer in layers for p in layer.params]

@@ -53,7 +53,7 @@ class Arrangement:
         self.drum_length = clock.note_span(0, 1)[1]
         self.drum_keys = dict(header.drums)  # the score's own table: a file decodes by it
         self.epoch_downbeat = header.epoch_downbeat
-        # A summary's slot stands for many of the run's: each event is a hit at its own place in it.
+        # a summary's slots spread their drum hits over the slot (drum_notes); 0: every hit at the slot's start
         self.slot_ticks = clock.slot_ticks if SUMMARY in header.info else 0
 
     def programs(self) -> list[bytes]:
@@ -86,47 +86,33 @@ class Arrangement:
         return out
 
     def drum_notes(self, slot: Slot) -> Notes:
-        """One hit per event kind the slot holds (in order of first appearance), then the epoch downbeat."""
-        if self.slot_ticks and slot.steps:
-            return self._spread_drum_notes(slot)
-        keys: list[int] = []
-        velocities: list[int] = []
+        """One hit per event kind the slot holds (in order of first appearance), then the epoch downbeat.
+
+        A summary's slot stands for many of the run's: there every event is a hit at the place of its
+        step within the slot (hits of one kind closer than a tick are one), each ended before the next
+        of its key and within the slot."""
+        spread = bool(self.slot_ticks and slot.steps)
+        hits: dict[tuple[int, int], int] = {}  # (key, onset) -> velocity, in order of first appearance
         for event in slot.events:
             key = self.drum_keys.get(event.kind)
-            if key is not None and key not in keys:
-                kind = events.get(event.kind)
-                keys.append(key)
-                velocities.append(kind.velocity if kind is not None else DEFAULT_DRUM_VELOCITY)
-        if self.epoch_downbeat and any(m.startswith("epoch") for m in slot.markers):
-            keys.append(events.DOWNBEAT_KEY)
-            velocities.append(events.DOWNBEAT_VELOCITY)
-        if not keys:
-            return _NONE
-        n = len(keys)
-        return Notes(np.full(n, DRUM_CHANNEL), np.array(keys), np.array(velocities), np.zeros(n, dtype=np.int64),
-                     np.full(n, self.drum_length))
-
-
-    def _spread_drum_notes(self, slot: Slot) -> Notes:
-        """A summary slot's hits: every event at the place of its step within the slot (hits of one kind
-        closer than a tick are one), each ended before the next of its key and within the slot."""
-        hits: dict[tuple[int, int], int] = {}
-        for event in slot.events:
-            key = self.drum_keys.get(event.kind)
-            if key is not None:
-                onset = (event.step - slot.first_step) * self.slot_ticks // slot.steps
-                kind = events.get(event.kind)
-                hits.setdefault((key, min(max(onset, 0), self.slot_ticks - 1)),
-                                kind.velocity if kind is not None else DEFAULT_DRUM_VELOCITY)
+            if key is None:
+                continue
+            onset = 0
+            if spread:
+                onset = min(max((event.step - slot.first_step) * self.slot_ticks // slot.steps, 0), self.slot_ticks - 1)
+            kind = events.get(event.kind)
+            hits.setdefault((key, onset), kind.velocity if kind is not None else DEFAULT_DRUM_VELOCITY)
         if self.epoch_downbeat and any(m.startswith("epoch") for m in slot.markers):
             hits.setdefault((events.DOWNBEAT_KEY, 0), events.DOWNBEAT_VELOCITY)
         if not hits:
             return _NONE
-        placed = sorted(hits)  # by key, then onset: each hit's next of the same key follows it
+        placed = sorted(hits) if spread else list(hits)  # spread: by key, then onset
         keys = np.array([key for key, _ in placed])
-        onsets = np.array([onset for _, onset in placed])
-        ends = np.full(len(placed), self.slot_ticks)
-        same_key_next = keys[1:] == keys[:-1]
-        ends[:-1][same_key_next] = onsets[1:][same_key_next]
-        lengths = np.maximum(np.minimum(self.drum_length, ends - onsets), 1)
+        onsets = np.array([onset for _, onset in placed], dtype=np.int64)
+        lengths = np.full(len(placed), self.drum_length)
+        if spread:  # each hit ends before the next of its key, and within the slot
+            ends = np.full(len(placed), self.slot_ticks)
+            same_key_next = keys[1:] == keys[:-1]
+            ends[:-1][same_key_next] = onsets[1:][same_key_next]
+            lengths = np.maximum(np.minimum(lengths, ends - onsets), 1)
         return Notes(np.full(len(placed), DRUM_CHANNEL), keys, np.array([hits[p] for p in placed]), onsets, lengths)

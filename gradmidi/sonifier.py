@@ -302,7 +302,7 @@ class Sonifier:
                 self._keep_in_flight(self._capture.launch(loss if self._capture.spread else None, only))
             self._steps += 1
             return None
-        scaling = bool(scaler is not None and scaler.is_enabled()) or getattr(self._capture, "skips_nonfinite", False)
+        scaling = bool(scaler is not None and scaler.is_enabled()) or self._capture.skips_nonfinite
         pending = self._capture.launch(loss, only)
         step = self._steps
         self._steps += 1

@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import gc
 import json
-import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+from distkit import IN, mlp, tolist  # the same tiny model as the other distributed tests
+
 ROOT = Path(__file__).resolve().parent.parent
 MICRO_BATCH, ACCUMULATE = 4, 2
-IN, WIDTH = 4, 8
 # (name, ZeRO stage, precision, depth, optimizer steps)
 CONFIGS = [(f"zero{stage}_{precision}", stage, precision, 3, 5 if precision == "fp16" else 3)
            for stage in (1, 2, 3) for precision in ("fp32", "fp16", "bf16")]
@@ -49,26 +49,12 @@ def launch(world: int, out: Path, timeout: float = 600) -> list[dict]:
 
 # -- inside each rank ------------------------------------------------------------------------
 
-def mlp(depth: int):
-    import torch.nn as nn
-
-    layers = [nn.Linear(IN, WIDTH), nn.Tanh()]
-    for _ in range(depth - 2):
-        layers += [nn.Linear(WIDTH, WIDTH), nn.Tanh()]
-    layers.append(nn.Linear(WIDTH, 2))
-    return nn.Sequential(*layers)
-
-
 def batch(step: int, micro: int, world: int):
     """One micro-step's global batch (every rank's micro-batch together)."""
     import torch
 
     g = torch.Generator().manual_seed(1000 * step + micro)
     return torch.randn(MICRO_BATCH * world, IN, generator=g), torch.randn(MICRO_BATCH * world, 2, generator=g)
-
-
-def tolist(values) -> list:
-    return [v if math.isfinite(v) else repr(v) for v in map(float, values)]
 
 
 def ds_config(stage: int, precision: str) -> dict:
