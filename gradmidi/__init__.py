@@ -14,7 +14,6 @@ from .events import EventKind, SpikeSettings  # noqa: E402
 from .events import register as register_event_kind  # noqa: E402
 from .instruments import GM_PROGRAMS  # noqa: E402
 from .mapping import SCALES, Mapping  # noqa: E402
-from .notebook import show  # noqa: E402
 
 # Eager, not lazy: importing the submodule gradmidi.render (audio=, a report, a user's import) would
 # otherwise set the package's 'render' to the module, and gradmidi.render(...) would stop working.
@@ -22,7 +21,8 @@ from .render import render  # noqa: E402
 from .scorefile import ScoreFile, read_score  # noqa: E402
 from .sinks.base import Sink  # noqa: E402
 
-if TYPE_CHECKING:  # type checkers and editors see it; at run time it loads on first use
+if TYPE_CHECKING:  # type checkers and editors see them; at run time they load on first use
+    from .notebook import show
     from .sonifier import Sonifier
 
 
@@ -32,6 +32,10 @@ def __getattr__(name):
         from .sonifier import Sonifier
 
         return Sonifier
+    if name == "show":  # the notebook view brings the web server: not for commands that read scores
+        from .notebook import show
+
+        return show
     raise AttributeError(f"module 'gradmidi' has no attribute {name!r}")
 
 

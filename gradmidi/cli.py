@@ -265,7 +265,7 @@ def decode(file: Path, out: Path | None) -> None:
 @click.option("--gain", type=click.FloatRange(-60, 24), default=0.0, show_default=True,
               help="Extra gain in dB, applied after normalisation.")
 @click.option("--jobs", type=click.IntRange(1, 256), default=None,
-              help="Processes for long scores (default: every core).")
+              help="Synths rendering channel groups side by side (default: every core).")
 @click.option("--duration", type=click.FloatRange(0, min_open=True), default=None, metavar="SECONDS",
               help="Audio of at most this long: a longer run is summarised (its slots merged, every event kept).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
@@ -276,19 +276,22 @@ def render(file: Path, out: Path | None, soundfont: Path | None, rate: int, loud
     from .render import render as render_score
 
     out = out or file.with_suffix(".wav")
-    console = _console(quiet or as_json)
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    options: dict[str, Any] = {"rate": rate, "gain": gain, "loudness": None if raw else loudness, "jobs": jobs,
+                               "duration": duration}
+    if quiet or as_json:  # nothing to draw: rich is not even imported (start-up counts on short scores)
+        result = render_score(file, out, soundfont, **options)
+    else:
+        console = _console()
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    with Progress(TextColumn("rendering"), BarColumn(), TextColumn("{task.fields[at]}"), TimeRemainingColumn(),
-                  console=console, transient=True,
-                  disable=quiet or as_json or not console.is_terminal) as progress:
-        task = progress.add_task("render", total=None, at="")
+        with Progress(TextColumn("rendering"), BarColumn(), TextColumn("{task.fields[at]}"), TimeRemainingColumn(),
+                      console=console, transient=True, disable=not console.is_terminal) as progress:
+            task = progress.add_task("render", total=None, at="")
 
-        def on_progress(done: float, total: float) -> None:
-            progress.update(task, completed=done, total=total, at=f"{done:.0f}/{total:.0f} s")
+            def on_progress(done: float, total: float) -> None:
+                progress.update(task, completed=done, total=total, at=f"{done:.0f}/{total:.0f} s")
 
-        result = render_score(file, out, soundfont, rate=rate, gain=gain, loudness=None if raw else loudness,
-                              jobs=jobs, progress=on_progress, duration=duration)
+            result = render_score(file, out, soundfont, progress=on_progress, **options)
     if as_json:
         click.echo(json.dumps({"file": str(result.path), "seconds": result.seconds, "loudness_lufs": result.loudness,
                                "soundfont": str(result.soundfont), "jobs": result.jobs,

@@ -1,8 +1,9 @@
 """Scores to audio, in process, through libfluidsynth.
 
 Events are fed to a FluidSynth synth between blocks of ``fluid_synth_write_float`` written
-straight into one numpy buffer (no audio driver, no copies). Long scores are split into
-channel groups rendered in parallel processes and summed: the synth and its reverb and
+straight into one numpy buffer (no audio driver, no copies). Scores are split into channel
+groups rendered on parallel threads (each its own synth; FluidSynth runs with the interpreter
+lock released) and summed: the synth and its reverb and
 chorus are linear, so the mix equals the single render up to float rounding (checked by the
 tests). The result is loudness-normalised to ``LOUDNESS_TARGET`` LUFS (ITU-R BS.1770-4,
 as pyloudnorm measures it) with the sample peak kept at or below ``PEAK_CEILING`` dBFS, so renders of
@@ -15,11 +16,11 @@ import contextlib
 import ctypes
 import io
 import math
-import multiprocessing
 import os
 import tempfile
+import threading
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
@@ -32,7 +33,7 @@ from .fonts import font_info, resolve_soundfont
 LOUDNESS_TARGET = -16.0  # LUFS integrated: a common target for streamed audio
 PEAK_CEILING = -1.0  # dBFS
 TAIL_SECONDS = 2.0  # the longest release/reverb we wait for after the last note
-PARALLEL_MIN_SECONDS = 120.0  # below this, starting processes costs more than it saves
+PARALLEL_MIN_SECONDS = 10.0  # below this, loading the font again costs more than the second thread saves
 MAX_RENDER_BYTES = 4 << 30  # all render buffers together: about 3.4 hours at 44.1 kHz
 WRITE_FRAMES = 1 << 16  # frames handed to libsndfile at a time
 FORMATS = {".wav": ("WAV", "PCM_16"), ".flac": ("FLAC", "PCM_16"), ".ogg": ("OGG", "VORBIS")}
@@ -157,16 +158,6 @@ def render_timeline(
             synth.delete()
 
 
-def _render_group(args: tuple[Timeline, Path, int, float, str]) -> str:
-    """Worker process: renders some channels to a temporary .npy, returns its path."""
-    timeline, soundfont, rate, tail, folder = args
-    audio = render_timeline(timeline, soundfont, rate, tail)
-    fd, name = tempfile.mkstemp(suffix=".npy", dir=folder)
-    os.close(fd)
-    np.save(name, audio)
-    return name
-
-
 def channel_groups(timeline: Timeline, jobs: int) -> list[set[int]]:
     """Channels split into ``jobs`` groups of about equal note counts (greedy, largest first)."""
     groups: list[tuple[int, set[int]]] = [(0, set()) for _ in range(min(jobs, len(timeline.notes)))]
@@ -177,17 +168,29 @@ def channel_groups(timeline: Timeline, jobs: int) -> list[set[int]]:
     return [members for _, members in groups if members]
 
 
-def render_parallel(timeline: Timeline, soundfont: Path, rate: int, tail: float, jobs: int) -> np.ndarray:
+def render_parallel(timeline: Timeline, soundfont: Path, rate: int, tail: float, jobs: int,
+                    progress: Callable[[float], None] | None = None) -> np.ndarray:
+    """The channel groups rendered side by side, one synth per thread, and summed. Threads, not
+    processes: pyfluidsynth calls libfluidsynth through ctypes, which lets go of the interpreter
+    lock, so the synths run on separate cores with no process start and no copies between them."""
     groups = channel_groups(timeline, jobs)
-    with tempfile.TemporaryDirectory(prefix="gradmidi-render-") as folder:
-        # spawn, not fork: a forked child of a process with threads (torch, a running
-        # Sonifier, FluidSynth) can deadlock on a lock some thread held at the fork.
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=len(groups), mp_context=context) as pool:
-            names = list(pool.map(_render_group, [(timeline.only(g), soundfont, rate, tail, folder) for g in groups]))
-        mix = np.load(names[0])
-        for name in names[1:]:
-            mix += np.load(name, mmap_mode="r")
+    done = [0.0] * len(groups)  # seconds rendered by each thread; progress is the slowest's
+    reporting = threading.Lock()  # so that progress never goes back
+
+    def render_group(i: int) -> np.ndarray:
+        def advanced(seconds: float) -> None:
+            with reporting:
+                done[i] = seconds
+                if progress:
+                    progress(min(done))
+
+        return render_timeline(timeline.only(groups[i]), soundfont, rate, tail, advanced)
+
+    with ThreadPoolExecutor(max_workers=len(groups), thread_name_prefix="gradmidi-render") as pool:
+        parts = list(pool.map(render_group, range(len(groups))))
+    mix = parts[0]
+    for part in parts[1:]:
+        mix += part
     return mix
 
 
@@ -235,7 +238,7 @@ def render(
     """Renders a score (or any MIDI file) to WAV, FLAC or OGG (by ``out``'s suffix).
 
     ``loudness``: LUFS target (None keeps FluidSynth's own level); ``gain``: dB added after;
-    ``jobs``: processes for long scores (default: every core; 1 renders in this process);
+    ``jobs``: synths rendering channel groups side by side (default: every core; 1: one synth);
     ``duration``: seconds of audio at most, tail included: a longer run is summarised (summary.py).
     """
     out = Path(out)
@@ -271,14 +274,13 @@ def _render(score: Path, out: Path, fmt: tuple[str, str], font: Path, rate: int,
                             f"and stops at {limit:.2g} h at {rate} Hz: fit the run into less time "
                             "(duration=, every=, or gradmidi sonify --every)")
     jobs = max(1, jobs if jobs is not None else (os.cpu_count() or 1))
-    jobs = max(1, min(jobs, int(MAX_RENDER_BYTES // need) - 1))  # every process holds a whole-length buffer
+    jobs = max(1, min(jobs, int(MAX_RENDER_BYTES // need) - 1))  # every synth holds a whole-length buffer
+    advanced = (lambda seconds: progress(seconds, length)) if progress else None
     if jobs > 1 and length >= PARALLEL_MIN_SECONDS and len(timeline.channels()) > 1:
-        audio = render_parallel(timeline, font, rate, tail, jobs)
-        if progress:
-            progress(length, length)
+        audio = render_parallel(timeline, font, rate, tail, jobs, advanced)
     else:
         jobs = 1
-        audio = render_timeline(timeline, font, rate, tail, (lambda s: progress(s, length)) if progress else None)
+        audio = render_timeline(timeline, font, rate, tail, advanced)
     if loudness is not None:
         audio, measured = normalise_loudness(audio, rate, loudness)
     else:

@@ -96,10 +96,13 @@ def test_voices_of_different_layer_kinds_differ_in_spectrum(tmp_path, other):
 def test_parallel_render_equals_the_single_render(melody):
     timeline = read_timeline(melody)
     single = render_timeline(timeline, bundled_soundfont())
-    mixed = render_parallel(timeline, bundled_soundfont(), RATE, TAIL_SECONDS, jobs=2)
+    reported: list[float] = []
+    mixed = render_parallel(timeline, bundled_soundfont(), RATE, TAIL_SECONDS, jobs=2, progress=reported.append)
     assert mixed.shape == single.shape
     # Stated tolerance: the mix of channel groups equals the single render within 1e-5 of full scale.
     assert np.max(np.abs(mixed - single)) <= 1e-5
+    # Progress is the slowest thread's: it never goes back, and ends at the render's length.
+    assert reported == sorted(reported) and reported[-1] == pytest.approx(len(single) / RATE)
 
 
 @pytest.mark.parametrize("suffix", [".flac", ".ogg"])
