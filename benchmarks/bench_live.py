@@ -6,7 +6,8 @@ arrives, like the tests. Three measurements, side by side in one run:
 1. training-thread cost: ``son.step()`` with a file only vs with a file and a live port
    (interleaved rounds, medians; the difference is what the live path costs the trainer);
 2. hand-over latency: from ``son.step()`` returning to the note leaving for the port, with
-   training slower than the tempo so every step plays as it arrives (p50/p99);
+   training slower than the tempo so every step plays as it arrives (p50/p99), the training
+   thread sleeping between steps and then computing;
 3. drift: a long run with training a little faster than the tempo, so the scheduler keeps
    its grid; drift is the trend of (sent - due) over the run, jitter its spread.
 
@@ -61,16 +62,25 @@ def step_cost(recorder: MidiRecorder, tmp: Path, rounds: int = 10, steps: int = 
     return statistics.median(times["file"]), statistics.median(times["live"])
 
 
-def handover_latency(recorder: MidiRecorder, tmp: Path, steps: int = 300) -> np.ndarray:
+def handover_latency(recorder: MidiRecorder, tmp: Path, busy: bool, steps: int = 300) -> np.ndarray:
+    """``busy``: between steps the training thread computes (torch matmuls, one intra-op thread,
+    the interpreter lock let go inside each, as a CPU step does) instead of sleeping; an idle
+    machine is the harder case here, as a core that slept runs the worker's first Python slower."""
     model, backward = model_and_step()
     live = LiveSink(PortOutput(recorder.name, api="UNIX_JACK"), record_timing=True)
     handed = []
+    work = torch.randn(160, 160)
     with gradmidi.Sonifier(model, tmp / "latency.mid", live=[live], bpm=240) as son:  # 62.5 ms slots
         for _ in range(steps):
             backward()
             son.step()
             handed.append(time.monotonic())
-            time.sleep(0.09)  # slower than the tempo: each step plays as it arrives
+            until = time.monotonic() + 0.09  # slower than the tempo: each step plays as it arrives
+            if busy:
+                while time.monotonic() < until:
+                    torch.mm(work, work)
+            else:
+                time.sleep(0.09)
     sent = np.array([s for _, s in live.timing])
     assert live.merged == 0 and len(sent) == steps, (live.merged, len(sent))
     return sent - np.array(handed)
@@ -96,13 +106,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--minutes", type=float, default=10.0, help="length of the drift run")
     args = parser.parse_args()
+    torch.set_num_threads(1)  # one intra-op thread, as bench_step: the other core is the worker's
     server = JackServer()
     recorder = MidiRecorder()
     try:
         with tempfile.TemporaryDirectory() as folder:
             tmp = Path(folder)
             file_only, with_live = step_cost(recorder, tmp)
-            latency = handover_latency(recorder, tmp)
+            latency = {busy: handover_latency(recorder, tmp, busy) for busy in (False, True)}
             when, error = drift(recorder, tmp, args.minutes)
     finally:
         recorder.close()
@@ -111,8 +122,10 @@ def main() -> None:
     print(f"# JACK dummy backend, torch {torch.__version__}; drift run {args.minutes:g} min, {len(when)} slots")
     print(f"training-thread son.step(): file only {file_only * 1e6:.1f} us, file + live {with_live * 1e6:.1f} us, "
           f"live path costs {(with_live - file_only) * 1e6:+.1f} us (goal < 20 us)")
-    print(f"hand-over to port: p50 {np.percentile(latency, 50) * 1e3:.3f} ms, "
-          f"p99 {np.percentile(latency, 99) * 1e3:.3f} ms, max {latency.max() * 1e3:.3f} ms (goal p99 < 1 ms)")
+    for busy, name in ((False, "sleeping"), (True, "computing")):
+        ms = latency[busy] * 1e3
+        print(f"hand-over to port, training thread {name} between steps: p50 {np.percentile(ms, 50):.3f} ms, "
+              f"p99 {np.percentile(ms, 99):.3f} ms, max {ms.max():.3f} ms (goal p99 <= 0.5 ms)")
     print(f"drift over the run: {slope * when[-1] * 1e3:+.3f} ms (trend of sent - due); "
           f"lateness p50 {np.percentile(error, 50) * 1e3:.3f} ms, p99 {np.percentile(error, 99) * 1e3:.3f} ms, "
           f"max {error.max() * 1e3:.3f} ms (goal drift < 2 ms)")

@@ -226,11 +226,11 @@ class ScoreSession:
                 self._emit(slot)
 
     def _emit(self, slot: Slot) -> None:
+        self._fanout.emit(slot)  # first: the bookkeeping below must not delay a live output
         self.events.extend(slot.events)
         self.event_counts.update(e.kind for e in slot.events)
         self.slots += 1
         self.notes += int(np.count_nonzero(slot.pitches >= 0))
-        self._fanout.emit(slot)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"

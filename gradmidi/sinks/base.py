@@ -51,8 +51,9 @@ class SinkFanout:
     def realtime(self) -> bool:
         return any(sink.realtime for sink in self.sinks)
 
-    def _call(self, method: str, *args) -> None:
-        for sink in list(self.sinks):
+    def _call(self, method: str, *args, realtime_first: bool = False) -> None:
+        sinks = sorted(self.sinks, key=lambda sink: not sink.realtime) if realtime_first else list(self.sinks)
+        for sink in sinks:
             try:
                 getattr(sink, method)(*args)
             except Exception as exc:  # a sink must never take training down
@@ -69,7 +70,8 @@ class SinkFanout:
         self._call("open", header)
 
     def emit(self, slot: Slot) -> None:
-        self._call("emit", slot)
+        # A slot reaches a live output before the file and the others take their turn.
+        self._call("emit", slot, realtime_first=True)
 
     def tick(self) -> None:
         self._call("tick")
