@@ -29,7 +29,7 @@ from .pipeline import ScoreBuilder
 from .score import Event, MarkerRecord, ScoreHeader, Slot, StepRecord
 from .sinks.base import Sink, SinkFanout
 
-BATCH_SECONDS = 0.02
+BATCH_SECONDS = 0.05  # a batch's fixed cost (wake-up, host read, fan-out) spread over more steps
 BLOCK_STEPS = 256  # a synchronous source's steps are built this many at a time
 RECENT_EVENTS = 10_000
 
