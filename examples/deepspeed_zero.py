@@ -10,6 +10,7 @@ Needs ``pip install 'gradmidi[deepspeed,demo]'``.
 """
 
 import argparse
+import gc
 import os
 
 import deepspeed
@@ -70,4 +71,8 @@ if son.sounding:
     print(f"rank 0: {son.steps} steps sounded into {args.out}, {son.unsynced_steps} micro-steps before a boundary "
           f"skipped, {engine.skipped_steps} overflow steps skipped by DeepSpeed")
 engine.destroy()
+# The engine, the model's ZeRO-3 parameters and the Sonifier (it reads the engine's partitions) hold the
+# process groups: free them while torch is alive, or gloo's threads can abort at interpreter exit now and then.
+del engine, model, son
+gc.collect()
 dist.destroy_process_group()
