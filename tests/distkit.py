@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -182,7 +183,9 @@ def run_scenario(name: str, rank: int, world: int, out: Path, *, depth: int, wra
     return result
 
 
-def main() -> None:
+def run_rank(scenarios: Callable[[int, int, Path], dict]) -> None:
+    """Inside a rank that ``launch`` started: joins the gloo group, runs ``scenarios(rank, world, out)``
+    and leaves its results, with the rank's wall time, in ``OUT/rank-R.json`` for the launcher."""
     rank, world, port, out = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
     started = time.perf_counter()
     import torch
@@ -190,6 +193,14 @@ def main() -> None:
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    results = scenarios(rank, world, out)
+    gc.collect()  # models and meshes in reference cycles hold process groups: free them while torch is alive
+    dist.destroy_process_group()
+    results["seconds"] = time.perf_counter() - started
+    (out / f"rank-{rank}.json").write_text(json.dumps(results))
+
+
+def scenarios(rank: int, world: int, out: Path) -> dict:
     results = {
         "ddp": run_scenario("ddp", rank, world, out, depth=3, wrap="ddp", steps=4, accumulate_at=1,
                             sonifier_first=True),
@@ -200,11 +211,8 @@ def main() -> None:
                                              sonifier_first=True)
     else:  # a (replicate, shard) mesh: the norms are right only if just the shard dimension is reduced
         results["hsdp"] = run_scenario("hsdp", rank, world, out, depth=3, wrap="hsdp", steps=3)
-    gc.collect()  # models and meshes in reference cycles hold process groups: free them while torch is alive
-    dist.destroy_process_group()
-    results["seconds"] = time.perf_counter() - started
-    (out / f"rank-{rank}.json").write_text(json.dumps(results))
+    return results
 
 
 if __name__ == "__main__":
-    main()
+    run_rank(scenarios)

@@ -13,10 +13,7 @@ single-process run of the same model on the same global batch.
 
 from __future__ import annotations
 
-import gc
-import json
 import sys
-import time
 from pathlib import Path
 
 GLOBAL_BATCH, SEQ, DIM, HEADS, OUT = 4, 4, 8, 4, 4
@@ -308,21 +305,12 @@ def run_pipeline(rank: int, world: int, out: Path, *, separate: bool = False) ->
                   refused=refused)
 
 
-def main() -> None:
-    rank, world, port, out = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
-    started = time.perf_counter()
-    import torch
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    results = {"pipeline": run_pipeline(rank, world, out), "separate": run_pipeline(rank, world, out, separate=True),
-               **{name: run_tensor_parallel(rank, world, out, name) for name in ("fsdp_tp", "hsdp_tp", "tp")}}
-    gc.collect()  # models and meshes in reference cycles hold process groups: free them while torch is alive
-    dist.destroy_process_group()
-    results["seconds"] = time.perf_counter() - started
-    (out / f"rank-{rank}.json").write_text(json.dumps(results))
+def scenarios(rank: int, world: int, out: Path) -> dict:
+    return {"pipeline": run_pipeline(rank, world, out), "separate": run_pipeline(rank, world, out, separate=True),
+            **{name: run_tensor_parallel(rank, world, out, name) for name in ("fsdp_tp", "hsdp_tp", "tp")}}
 
 
 if __name__ == "__main__":
-    main()
+    from distkit import run_rank  # a rank runs this file as a script: its folder is on the path
+
+    run_rank(scenarios)
