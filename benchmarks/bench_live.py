@@ -7,7 +7,9 @@ arrives, like the tests. Three measurements, side by side in one run:
    (interleaved rounds, medians; the difference is what the live path costs the trainer);
 2. hand-over latency: from ``son.step()`` returning to the note leaving for the port, with
    training slower than the tempo so every step plays as it arrives (p50/p99), the training
-   thread sleeping between steps and then computing;
+   thread sleeping between steps and then computing; with gradmidi's one-step path and without,
+   and beside the floors of the same conditions: a bare thread and a bare spawned process woken
+   with nothing to do;
 3. drift: a long run with training a little faster than the tempo, so the scheduler keeps
    its grid; drift is the trend of (sent - due) over the run, jitter its spread.
 
@@ -17,8 +19,10 @@ arrives, like the tests. Three measurements, side by side in one run:
 from __future__ import annotations
 
 import argparse
+import queue
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -27,10 +31,11 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from jackkit import JackServer, MidiRecorder  # noqa: E402
+
 import gradmidi  # noqa: E402
 from gradmidi.outputs import PortOutput  # noqa: E402
 from gradmidi.sinks.live import LiveSink  # noqa: E402
-from jackkit import JackServer, MidiRecorder  # noqa: E402
 
 
 def model_and_step():
@@ -62,28 +67,120 @@ def step_cost(recorder: MidiRecorder, tmp: Path, rounds: int = 10, steps: int = 
     return statistics.median(times["file"]), statistics.median(times["live"])
 
 
-def handover_latency(recorder: MidiRecorder, tmp: Path, busy: bool, steps: int = 300) -> np.ndarray:
-    """``busy``: between steps the training thread computes (torch matmuls, one intra-op thread,
-    the interpreter lock let go inside each, as a CPU step does) instead of sleeping; an idle
-    machine is the harder case here, as a core that slept runs the worker's first Python slower."""
+class Trainer:
+    """The training thread between steps, slower than the tempo so each step plays as it arrives:
+    sleeping, or computing (torch matmuls on one intra-op thread, the interpreter lock let go in each,
+    as a CPU step does). An idle machine is the harder case: a core that slept runs the worker's
+    first code slower."""
+
+    def __init__(self, busy: bool) -> None:
+        self.busy = busy
+        self.work = torch.randn(160, 160)
+
+    def between_steps(self) -> None:
+        until = time.monotonic() + 0.09
+        if self.busy:
+            while time.monotonic() < until:
+                torch.mm(self.work, self.work)
+        else:
+            time.sleep(0.09)
+
+
+def gradmidi_handover(recorder: MidiRecorder, tmp: Path, busy: bool, one_step_path: bool,
+                      steps: int) -> tuple[np.ndarray, float]:
+    """From ``son.step()`` returning to the notes leaving for the port, and the CPU time per step of
+    gradmidi's two threads (the worker and the live scheduler; the JACK client's own is left out)."""
     model, backward = model_and_step()
+    trainer = Trainer(busy)
     live = LiveSink(PortOutput(recorder.name, api="UNIX_JACK"), record_timing=True)
     handed = []
-    work = torch.randn(160, 160)
     with gradmidi.Sonifier(model, tmp / "latency.mid", live=[live], bpm=240) as son:  # 62.5 ms slots
+        son._session._builder._quick = one_step_path  # off: every step through the block machinery
+        clocks = [time.pthread_getcpuclockid(t.ident) for t in (son._session._worker, live._thread)]
+        cpu = sum(map(time.clock_gettime, clocks))
         for _ in range(steps):
             backward()
             son.step()
             handed.append(time.monotonic())
-            until = time.monotonic() + 0.09  # slower than the tempo: each step plays as it arrives
-            if busy:
-                while time.monotonic() < until:
-                    torch.mm(work, work)
-            else:
-                time.sleep(0.09)
+            trainer.between_steps()
+        used = sum(map(time.clock_gettime, clocks)) - cpu
+        taken = son._session._builder.quick_slots
     sent = np.array([s for _, s in live.timing])
     assert live.merged == 0 and len(sent) == steps, (live.merged, len(sent))
-    return sent - np.array(handed)
+    assert (taken > 0.9 * steps) == one_step_path, taken
+    return sent - np.array(handed), used / steps
+
+
+def thread_handover(busy: bool, steps: int) -> np.ndarray:
+    """The floor: a bare Python thread woken through a queue, doing nothing but read the clock."""
+    trainer = Trainer(busy)
+    handoff: queue.Queue = queue.Queue()
+    woken: list[float] = []
+
+    def wait() -> None:
+        while handoff.get() is not None:
+            woken.append(time.monotonic())
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    handed = []
+    for _ in range(steps):
+        handed.append(time.monotonic())
+        handoff.put(handed[-1])
+        trainer.between_steps()
+    handoff.put(None)
+    thread.join()
+    return np.array(woken) - np.array(handed)
+
+
+def _process_side(conn) -> None:
+    conn.send_bytes(b"ready")
+    woken = []
+    while conn.recv_bytes():
+        woken.append(time.monotonic())
+    conn.send(woken)
+
+
+def process_handover(busy: bool, steps: int) -> np.ndarray:
+    """A worker out of the interpreter: a spawned process woken through a pipe (what a worker fed
+    through shared memory would still need to be told), doing nothing but read the clock."""
+    import multiprocessing
+
+    trainer = Trainer(busy)
+    ours, theirs = multiprocessing.Pipe()
+    process = multiprocessing.get_context("spawn").Process(target=_process_side, args=(theirs,))
+    process.start()
+    ours.recv_bytes()  # started (spawning imports this module, torch and all)
+    handed = []
+    for _ in range(steps):
+        handed.append(time.monotonic())
+        ours.send_bytes(b"step")
+        trainer.between_steps()
+    ours.send_bytes(b"")
+    woken = ours.recv()
+    process.join()
+    return np.array(woken) - np.array(handed)
+
+
+def handover(recorder: MidiRecorder, tmp: Path, rounds: int = 2, steps: int = 125) -> dict:
+    """Every way of handing a step over, sleeping and computing between steps, interleaved in rounds:
+    the bare floors (a thread, a process) and gradmidi with and without its one-step path."""
+    kinds = ("thread", "process", "gradmidi", "gradmidi, one-step path off")
+    found: dict = {}
+    for _ in range(rounds):
+        for busy in (False, True):
+            for kind in kinds:
+                if kind == "thread":
+                    delays, cpu = thread_handover(busy, steps), None
+                elif kind == "process":
+                    delays, cpu = process_handover(busy, steps), None
+                else:
+                    delays, cpu = gradmidi_handover(recorder, tmp, busy, kind == "gradmidi", steps)
+                entry = found.setdefault((kind, busy), ([], []))
+                entry[0].append(delays)
+                if cpu is not None:
+                    entry[1].append(cpu)
+    return {key: (np.concatenate(delays), np.median(cpu) if cpu else None) for key, (delays, cpu) in found.items()}
 
 
 def drift(recorder: MidiRecorder, tmp: Path, minutes: float) -> tuple[np.ndarray, np.ndarray]:
@@ -113,7 +210,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as folder:
             tmp = Path(folder)
             file_only, with_live = step_cost(recorder, tmp)
-            latency = {busy: handover_latency(recorder, tmp, busy) for busy in (False, True)}
+            latency = handover(recorder, tmp)
             when, error = drift(recorder, tmp, args.minutes)
     finally:
         recorder.close()
@@ -122,10 +219,16 @@ def main() -> None:
     print(f"# JACK dummy backend, torch {torch.__version__}; drift run {args.minutes:g} min, {len(when)} slots")
     print(f"training-thread son.step(): file only {file_only * 1e6:.1f} us, file + live {with_live * 1e6:.1f} us, "
           f"live path costs {(with_live - file_only) * 1e6:+.1f} us (goal < 20 us)")
+    print("hand-over, from the training thread to the port (gradmidi) or to a bare waiter, in ms; 250 steps each,"
+          " interleaved; CPU: gradmidi's worker and scheduler threads, per step (goal: gradmidi p99 <= 0.5 ms)")
     for busy, name in ((False, "sleeping"), (True, "computing")):
-        ms = latency[busy] * 1e3
-        print(f"hand-over to port, training thread {name} between steps: p50 {np.percentile(ms, 50):.3f} ms, "
-              f"p99 {np.percentile(ms, 99):.3f} ms, max {ms.max():.3f} ms (goal p99 <= 0.5 ms)")
+        print(f"  training thread {name} between steps")
+        for (kind, was_busy), (delays, cpu) in latency.items():
+            if was_busy == busy:
+                ms = delays * 1e3
+                used = f"  CPU {cpu * 1e6:5.0f} us/step" if cpu is not None else ""
+                print(f"    {kind:29s} p50 {np.percentile(ms, 50):6.3f}  p99 {np.percentile(ms, 99):6.3f}  "
+                      f"max {ms.max():6.3f}{used}")
     print(f"drift over the run: {slope * when[-1] * 1e3:+.3f} ms (trend of sent - due); "
           f"lateness p50 {np.percentile(error, 50) * 1e3:.3f} ms, p99 {np.percentile(error, 99) * 1e3:.3f} ms, "
           f"max {error.max() * 1e3:.3f} ms (goal drift < 2 ms)")

@@ -76,7 +76,7 @@ class _Prepared(NamedTuple):
 class HostCopy(NamedTuple):
     """One device's per-layer squares on their way to the host."""
 
-    values: torch.Tensor  # on the host (pinned), or the device tensor itself when that is the CPU
+    values: np.ndarray  # a view of the host tensor (pinned), or of the device tensor itself when that is the CPU
     ready: torch.Event | None  # read only after this event completes; None: already on the host
     ends_with_loss: bool  # the last entry is the step's loss, written on the device (never read there)
 
@@ -170,8 +170,19 @@ class PendingNorms:
     def result(self) -> tuple[np.ndarray, np.ndarray, float | None]:
         """(per-layer norms, which layers had a gradient, loss)."""
         n = self._n
-        squares = np.zeros(n, dtype=np.float64)
         loss, present = self._loss, self._present
+        if self._reduced is None and len(self._parts) == 1:  # one device, the usual step: a few array calls
+            part = self._parts[0]
+            if part.ready is not None:
+                part.ready.synchronize()
+            values = part.values
+            if part.ends_with_loss:
+                loss, values = float(values[-1]), values[:-1]
+            if len(values) == n:
+                norms = np.sqrt(values, dtype=np.float64)  # sums of squares: never negative, no warning
+                norms[~present] = np.nan
+                return norms, present.copy(), loss
+        squares = np.zeros(n, dtype=np.float64)
         if self._reduced is not None:
             self._reduced.work.wait()
             summed = self._reduced.totals.cpu().numpy().astype(np.float64, copy=False)
@@ -187,7 +198,7 @@ class PendingNorms:
         for part in self._parts:
             if part.ready is not None:
                 part.ready.synchronize()
-            values = part.values.numpy().astype(np.float64, copy=False)
+            values = part.values.astype(np.float64, copy=False)
             if part.ends_with_loss:
                 loss = float(values[-1])
                 values = values[:-1]
@@ -209,7 +220,7 @@ class PendingNorms:
         with_loss = simple[0]._parts[0].ends_with_loss
         if any(p._parts[0].ends_with_loss != with_loss for p in simple):
             return [p.result() for p in pendings]
-        values = torch.stack([p._parts[0].values for p in simple]).numpy().astype(np.float64, copy=False)
+        values = np.stack([p._parts[0].values for p in simple]).astype(np.float64, copy=False)
         losses: list[float | None] = values[:, -1].tolist() if with_loss else [p._loss for p in simple]
         squares = values[:, :-1] if with_loss else values
         present = np.stack([p._present for p in simple])
@@ -480,11 +491,14 @@ def _dense(g: torch.Tensor) -> torch.Tensor:
     return g.coalesce().values() if g.is_sparse else g
 
 
-def _to_host(totals: torch.Tensor) -> tuple[torch.Tensor, torch.Event | None]:
+def _to_host(totals: torch.Tensor) -> tuple[np.ndarray, torch.Event | None]:
+    """The values on their way to the host, as a numpy view made here on the training thread (under a
+    microsecond), so that reading them on the worker touches no torch code: a live worker woken from
+    sleep pays for every library it enters first, and torch's is the largest."""
     if totals.device.type == "cpu":
-        return totals, None
+        return totals.numpy(), None
     host = torch.empty(totals.shape, dtype=totals.dtype, pin_memory=totals.device.type == "cuda")
     host.copy_(totals, non_blocking=True)
     event = torch.Event(device=totals.device)
     event.record()
-    return host, event
+    return host.numpy(), event

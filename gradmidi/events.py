@@ -99,11 +99,23 @@ class StepBlock:
         return StepValues(int(self.steps[i]), self.norms[i], self.present[i], loss, bool(self.skipped[i]))
 
 
+@dataclass(frozen=True, eq=False)
+class QuietStep:
+    """A step on the one-step path (``ScoreBuilder``'s live common case): every voice has a positive
+    finite norm, given as its log10, and the optimizer step was not skipped."""
+
+    step: int
+    logs: list[float]  # per voice
+    loss: float | None = None
+
+
 class Rule(Protocol):
     """Detects one kind of event; holds its own state across the steps of one run.
 
     A rule may also have ``block(values: StepBlock) -> list[Event]`` that does a block of steps at
-    once with the same result; without it the rule is called once per step.
+    once with the same result; without it the rule is called once per step. And it may have
+    ``quiet(values: QuietStep)``: the change to its state (a callable) of a step on which it sounds
+    nothing, or None where it might sound; without it, every step takes the general path.
     """
 
     def __call__(self, values: StepValues) -> list[Event]: ...
@@ -249,6 +261,27 @@ class ZScore:
         self.count += 1
         return 1
 
+    def quiet(self, x: list[float], z: float, min_gap: float) -> Callable[[], None] | None:
+        """``update`` of a row that does not spike, in scalar Python (a live step's few values: numpy's
+        call overhead would be most of it): the state change to apply, or None where the row spikes
+        or is not yet past warm-up. Bit for bit the arithmetic of ``update``'s common step."""
+        if not self._settled:
+            return None
+        a = self.alpha
+        mean, var = [], []
+        for value, m, v in zip(x, self.mean.tolist(), self.var.tolist(), strict=True):
+            gap = value - m
+            if not math.isfinite(gap) or (gap > z * math.sqrt(v) and gap > min_gap) or gap > self.big_gap:
+                return None
+            mean.append(m + (1 - a) * gap)
+            var.append(a * (v + (1 - a) * gap * gap))
+
+        def apply() -> None:
+            self.mean, self.var = np.array(mean), np.array(var)
+            self.count += 1
+
+        return apply
+
     def update(self, x: np.ndarray, z: float, min_gap: float) -> np.ndarray:
         gap = x - self.mean
         if self._settled and np.isfinite(gap).all():
@@ -305,6 +338,9 @@ class NonFinite:
             self._last.pop(i, None)  # finite again: the next NaN/Inf is a new onset
         return [Event(values.step, self.kind, tuple(due))] if due else []
 
+    def quiet(self, values: QuietStep) -> Callable[[], None]:
+        return self._last.clear  # every voice finite: none is NaN/Inf, each ended alarm forgotten
+
     def block(self, values: StepBlock) -> list[Event]:
         if not self._last and not (self.test(values.norms) & values.present).any():
             return []  # the usual block: nothing to sound, nothing to remember
@@ -334,6 +370,9 @@ class Spike:
             logs = np.where(present & (norms > 0), np.log10(np.where(norms > 0, norms, 1.0)), np.nan)
         return _by_runs(len(values), lambda i: self._norms.advance(logs[i:], self.settings.z, self.settings.min_jump),
                         lambda i: self(values.row(i)))
+
+    def quiet(self, values: QuietStep) -> Callable[[], None] | None:
+        return self._norms.quiet(values.logs, self.settings.z, self.settings.min_jump)
 
 
 class LossSpike:
@@ -369,6 +408,14 @@ class LossSpike:
 
         return _by_runs(len(rows), fast, lambda i: self(values.row(int(rows[i]))))
 
+    def quiet(self, values: QuietStep) -> Callable[[], None] | None:
+        if values.loss is None:
+            return _unchanged
+        loss = float(values.loss)
+        if self._bad_since is not None or not math.isfinite(loss):
+            return None
+        return self._loss.quiet([loss], self.settings.loss_z, 0.0)
+
 
 def _by_runs(n: int, fast: Callable[[int], int], slow: Callable[[int], list[Event]]) -> list[Event]:
     """Rows 0..n-1: as many as ``fast(i)`` takes at once from row i, then one by ``slow(i)``, and so on."""
@@ -394,6 +441,13 @@ class Skipped:
     def block(self, values: StepBlock) -> list[Event]:
         return [Event(int(values.steps[i]), "skipped") for i in np.flatnonzero(values.skipped)]
 
+    def quiet(self, values: QuietStep) -> Callable[[], None]:
+        return _unchanged  # a quiet step was not skipped
+
+
+def _unchanged() -> None:
+    """A quiet step's change to a rule with nothing to remember."""
+
 
 class Detector:
     """Per-step events for a fixed set of voices: one fresh rule per registered kind that has one."""
@@ -409,6 +463,20 @@ class Detector:
         for rule in self.rules:
             events += rule(values)
         return events
+
+    def quiet(self, values: QuietStep) -> bool:
+        """Advances every rule past a step on which none sounds and returns True; or returns False,
+        having changed nothing, where one might (or has no ``quiet``): ``steps`` then takes it."""
+        changes = []
+        for rule in self.rules:
+            quiet = getattr(rule, "quiet", None)
+            change = quiet(values) if quiet is not None else None
+            if change is None:
+                return False
+            changes.append(change)
+        for change in changes:
+            change()
+        return True
 
     def steps(self, values: StepBlock) -> list[Event]:
         """A block's events, in step order, and in registry order within a step."""

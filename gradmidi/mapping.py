@@ -7,6 +7,7 @@ score (``Mapping.to_dict``) so that a .mid file can be decoded back into norms.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from dataclasses import asdict, dataclass, field
 from numbers import Integral
 
@@ -150,6 +151,8 @@ class PitchMapper:
         lo, hi = self.mapping.norm_range
         self.log_range = (math.log10(lo), math.log10(hi))
         self._notes = self.mapping.notes
+        self._note_list = self._notes.tolist()  # the one-step path's (pitches_of_logs)
+        self._midpoints = ((self._notes[1:] + self._notes[:-1]) / 2).tolist()
         self._history: list[np.ndarray] = []
         self._seen = 0
         self._since_change = 0  # slots observed since the range last moved (after the warm-up)
@@ -161,6 +164,19 @@ class PitchMapper:
 
     def velocities(self, pitches: np.ndarray) -> np.ndarray:
         return pitches_to_velocities(pitches, self.mapping)
+
+    def pitches_of_logs(self, logs: list[float]) -> tuple[list[int], list[int]]:
+        """Pitches and velocities of positive finite norms given as their log10s, in scalar Python:
+        a live step's few voices, where numpy's call overhead would be most of the work. The same
+        arithmetic as ``norms_to_pitches`` and ``pitches_to_velocities``, so the same notes."""
+        m = self.mapping
+        lo, hi = self.log_range
+        span, low, width = hi - lo, m.low_note, m.high_note - m.low_note
+        pitches = [self._note_list[bisect_left(self._midpoints, low + min(max((log - lo) / span, 0.0), 1.0) * width)]
+                   for log in logs]
+        if m.velocity == "norm":
+            return pitches, [min(max(40 + (p - low) * 80 // max(width, 1), 1), 127) for p in pitches]
+        return pitches, [int(m.velocity)] * len(pitches)
 
     def observe(self, norms: np.ndarray) -> tuple[float, float] | None:
         """Feed a slot's norms (before mapping them); returns the new log range when the adaptive

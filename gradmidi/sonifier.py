@@ -430,7 +430,7 @@ class CapturedStep:
     def __init__(self, son: Sonifier, step: int, pending: PendingNorms, scaling: bool) -> None:
         self._son, self.step, self._pending, self._scaling = son, step, pending, scaling
         self._sounded = False
-        self._factor: tuple[torch.Tensor, torch.Event | None] | None = None
+        self._factor: tuple[np.ndarray, torch.Event | None] | None = None
 
     def unscale(self, factor: torch.Tensor | float) -> None:
         """Says every gradient had been multiplied by ``factor`` when this step was captured (as
@@ -439,7 +439,7 @@ class CapturedStep:
         if isinstance(factor, torch.Tensor):
             self._factor = _to_host(factor.detach().reshape(1).to(torch.float64))
         else:
-            self._factor = torch.tensor([float(factor)], dtype=torch.float64), None
+            self._factor = np.array([float(factor)]), None
 
     def sound(self, loss: float | None = None) -> None:
         """Queues the step, with a host ``loss`` if one is given (and none was at capture)."""

@@ -115,3 +115,90 @@ def test_captured_steps_read_as_a_batch_equal_each_read_alone():
     # a batch with host losses (no device loss) reads them too
     hosted = [capture.launch(0.5 + i) for i in range(3)]
     assert [loss for _, _, loss in PendingNorms.results(hosted)] == [0.5, 1.5, 2.5]
+
+
+def general_only(b: ScoreBuilder) -> ScoreBuilder:
+    """The builder without its one-step path: every step through the block machinery."""
+    b._quick = False
+    return b
+
+
+def detector_state(b: ScoreBuilder) -> list:
+    state = []
+    for rule in b.detector.rules:
+        for name, value in sorted(vars(rule).items()):
+            if hasattr(value, "mean"):  # a ZScore: its statistics, bit for bit
+                state += [name, value.mean.tolist(), value.var.tolist(), value.count.tolist(), value._settled]
+            elif name.startswith("_"):
+                state += [name, value]
+    return state
+
+
+@pytest.mark.parametrize("every, aggregate, velocity", [(1, "max", 80), (1, "rms", "norm"), (4, "last", 80)])
+def test_the_one_step_path_gives_the_general_paths_slots_and_state_bit_for_bit(every, aggregate, velocity):
+    """A live run's steps arrive one at a time and mostly take the scalar one-step path; its slots, and every
+    rule's state after them, equal the general path's exactly, through spikes, NaNs, skips and absent layers."""
+    recs = records(3, 700, spike_at={40, 41, 300, 451}, nan_at=620, absent=0.01)
+    if aggregate == "last":  # as a Sonifier samples: only each slot's last step is captured
+        recs = [r for r in recs if r.step % every == every - 1]
+
+    def make():
+        voices, assignment = plan_voices(LAYERS, voices={"ab": ["a", "b"], "c": ["c"], "de": ["d", "e"]})
+        header = ScoreHeader(voices, Mapping(velocity=velocity), Clock(every=every), "t")
+        return ScoreBuilder(header, assignment, aggregate=aggregate)
+
+    quick, general = make(), general_only(make())
+    got, expected = one_by_one(quick, recs), one_by_one(general, recs)
+    for x, y in zip(got, expected, strict=True):
+        assert (x.index, x.first_step, x.steps, x.loss, x.markers, x.log_range) == \
+            (y.index, y.first_step, y.steps, y.loss, y.markers, y.log_range)
+        np.testing.assert_array_equal(x.norms, y.norms)  # bit for bit, NaN where NaN
+        for field in ("pitches", "velocities", "present"):
+            assert getattr(x, field).tolist() == getattr(y, field).tolist()
+            assert getattr(x, field).dtype == getattr(y, field).dtype
+        assert [(e.step, e.kind, e.voices, e.value) for e in x.events] == \
+            [(e.step, e.kind, e.voices, e.value) for e in y.events]
+    assert detector_state(quick) == detector_state(general)
+    # and the path was really taken: most steps are plain ones, alone in their slot (every one with every=1)
+    slots_of_one = sum(1 for r in recs if r.step % every == every - 1)
+    assert general.quick_slots == 0 and quick.quick_slots > 0.7 * slots_of_one
+    kinds = {e.kind for slot in expected for e in slot.events}
+    assert {"spike", "nan", "skipped"} <= kinds
+
+
+def test_the_one_step_path_leaves_every_odd_step_to_the_general_path():
+    """A step it cannot take (zero, huge, absent or non-finite norms, a skip, a marker's slot, an adaptive
+    range, a user's rule without ``quiet``) is built by the general path, with nothing changed before."""
+    from gradmidi import events
+    from gradmidi.events import EventKind
+
+    def steps(b, recs):
+        return [s for r in recs for s in b.add_step(r)]
+
+    base = records(4, 40, losses=True)
+    odd = {12: dict(norms=np.r_[0.0, base[12].norms[1:]]), 13: dict(norms=np.r_[1e200, base[13].norms[1:]]),
+           14: dict(present=np.r_[False, base[14].present[1:]]), 15: dict(norms=np.r_[np.inf, base[15].norms[1:]]),
+           16: dict(skipped=True), 17: dict(loss=float("nan")), 18: dict(norms=base[18].norms.astype(np.float32))}
+    recs = [StepRecord(r.step, **{"norms": r.norms, "present": np.ones(5, bool), "loss": r.loss,
+                                  "skipped": False, **odd.get(r.step, {})}) for r in base]
+    b = builder()
+    before = b.quick_slots
+    steps(b, recs[:12])
+    taken = b.quick_slots
+    steps(b, recs[12:19])
+    assert b.quick_slots == taken  # none of the odd steps
+    b.add_marker(19, "epoch 1")
+    steps(b, recs[19:20])
+    assert b.quick_slots == taken  # the marker's slot
+    steps(b, recs[20:])
+    assert taken > before and b.quick_slots > taken  # plain steps again
+    adaptive = builder(adaptive=True)
+    assert len(steps(adaptive, recs)) == len(recs) and adaptive.quick_slots == 0
+    events.register(EventKind("always", 75, "#123456", "always", "Claves: a test's rule.",
+                              lambda names, settings: lambda values: []))
+    try:
+        b = builder()
+        steps(b, recs)
+        assert b.quick_slots == 0
+    finally:
+        events.unregister("always")
