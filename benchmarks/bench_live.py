@@ -67,6 +67,37 @@ def step_cost(recorder: MidiRecorder, tmp: Path, rounds: int = 10, steps: int = 
     return statistics.median(times["file"]), statistics.median(times["live"])
 
 
+def wake_cost(rounds: int = 10, steps: int = 200) -> tuple[float, float]:
+    """The floor under the live path's cost: a bare ``queue.put`` that wakes a thread waiting in
+    ``get`` (as the live worker waits), against one whose thread polls every 50 ms (as the file-only
+    worker batches); median seconds per put, 2 ms apart, interleaved rounds."""
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(rounds):
+        for waiting in times:
+            handoff: queue.Queue = queue.Queue()
+
+            def consume(handoff=handoff, waiting=waiting) -> None:
+                while True:
+                    if not waiting:
+                        time.sleep(0.05)
+                    items = [handoff.get()]
+                    while not handoff.empty():
+                        items.append(handoff.get())
+                    if None in items:
+                        return
+
+            thread = threading.Thread(target=consume)
+            thread.start()
+            for step in range(steps):
+                t0 = time.perf_counter()
+                handoff.put_nowait(step)
+                times[waiting].append(time.perf_counter() - t0)
+                time.sleep(0.002)
+            handoff.put(None)
+            thread.join()
+    return statistics.median(times[False]), statistics.median(times[True])
+
+
 class Trainer:
     """The training thread between steps, slower than the tempo so each step plays as it arrives:
     sleeping, or computing (torch matmuls on one intra-op thread, the interpreter lock let go in each,
@@ -210,6 +241,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as folder:
             tmp = Path(folder)
             file_only, with_live = step_cost(recorder, tmp)
+            put_alone, put_waking = wake_cost()
             latency = handover(recorder, tmp)
             when, error = drift(recorder, tmp, args.minutes)
     finally:
@@ -219,6 +251,8 @@ def main() -> None:
     print(f"# JACK dummy backend, torch {torch.__version__}; drift run {args.minutes:g} min, {len(when)} slots")
     print(f"training-thread son.step(): file only {file_only * 1e6:.1f} us, file + live {with_live * 1e6:.1f} us, "
           f"live path costs {(with_live - file_only) * 1e6:+.1f} us (goal < 20 us)")
+    print(f"  the floor under it: a bare queue.put {put_alone * 1e6:.1f} us, {put_waking * 1e6:.1f} us when it wakes a "
+          f"waiting thread ({(put_waking - put_alone) * 1e6:+.1f} us)")
     print("hand-over, from the training thread to the port (gradmidi) or to a bare waiter, in ms; 250 steps each,"
           " interleaved; CPU: gradmidi's worker and scheduler threads, per step (goal: gradmidi p99 <= 0.5 ms)")
     for busy, name in ((False, "sleeping"), (True, "computing")):

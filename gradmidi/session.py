@@ -10,7 +10,9 @@ Threaded, the session never blocks its caller: ``submit`` hands the record to a 
 queue (a full queue drops the step and counts it) and a worker thread does the rest.
 Without real-time sinks the worker works in batches, ``BATCH_SECONDS`` apart, to spend
 fewer thread switches against a training thread that wants the interpreter; the steps of a
-batch are built as one block (``ScoreBuilder.add_steps``), in array operations.
+batch are built as one block (``ScoreBuilder.add_steps``), in array operations. With them it
+takes each step as it comes (a one-step path builds it), unless steps come faster than
+``REALTIME_BATCH_SECONDS``: then it takes them that many milliseconds at a time.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from .score import Event, MarkerRecord, ScoreHeader, Slot, StepRecord
 from .sinks.base import Sink, SinkFanout
 
 BATCH_SECONDS = 0.05  # a batch's fixed cost (wake-up, host read, fan-out) spread over more steps
+REALTIME_BATCH_SECONDS = 0.004  # live, with steps closer than this: batches this long, a step at a time otherwise
 BLOCK_STEPS = 256  # a synchronous source's steps are built this many at a time
 RECENT_EVENTS = 10_000
 
@@ -156,6 +159,7 @@ class ScoreSession:
     def _work(self) -> None:
         assert self._queue is not None
         running = True
+        last_batch = 0.0
         while running:
             try:
                 batch = [self._queue.get(timeout=0.25)]
@@ -172,8 +176,14 @@ class ScoreSession:
                 batch = batch[:batch.index(_STOP)]
             self._handle_all(batch)
             self._fanout.tick()
-            if running and self._batch_seconds:
-                time.sleep(self._batch_seconds)
+            now = time.monotonic()
+            # Live, a step plays as it comes; steps faster than that are taken a few at a time, as
+            # a live output merges them to its tempo anyway, and each wake-up contends for the
+            # interpreter with the training thread.
+            pause = self._batch_seconds or (REALTIME_BATCH_SECONDS if now - last_batch < REALTIME_BATCH_SECONDS else 0)
+            last_batch = now
+            if running and pause:
+                time.sleep(pause)
         self._finish()
 
     def _drain_held(self) -> list:

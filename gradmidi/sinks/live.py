@@ -97,7 +97,9 @@ class LiveSink(Sink):
                 self._play(slot, start)  # on time and idle: play from here, one thread hop fewer
             else:
                 self._pending.append(slot)
-            self._cond.notify()
+                if len(self._pending) > 1:
+                    return  # the scheduler already waits for the first: waking it would only cost
+            self._cond.notify()  # new note-offs, or a first slot to wait for
 
     def interrupt(self) -> None:
         """Drops what is pending: on Ctrl-C the music stops now rather than playing out."""
