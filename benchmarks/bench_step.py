@@ -4,8 +4,8 @@ For each model: a plain training step; the same step with ``son.step()`` writing
 the same with ``every=8, aggregate="last"``; ``clip_grad_norm_`` as the anchor a user already
 pays; and the seed experiment's way (a ``grad.norm().item()`` per layer). Configurations are
 interleaved in rounds so that machine noise hits them alike. Prints median step times as
-ratios to the plain step, the time each adds to it, and gradmidi's worker CPU per step
-(process CPU time less the training thread's, so it counts what competes for the cores).
+ratios to the plain step, the time each adds to it, and gradmidi's worker CPU per step (the
+worker thread's own CPU clock over a further uninterrupted run of steps).
 
     python benchmarks/bench_step.py [--steps 400] [--rounds 10] [--device cpu|cuda] [--threads 1]
 """
@@ -24,6 +24,9 @@ import torch.nn as nn
 
 import gradmidi
 from gradmidi.demo import SeedCNN
+from gradmidi.session import BATCH_SECONDS
+
+WARMUP = 3  # steps per round before the timed ones
 
 
 def models(device):
@@ -39,15 +42,12 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def time_steps(model, x, steps, hook, device, warmup=3) -> tuple[list[float], float]:
-    """Step times, and the CPU seconds spent off the training thread meanwhile."""
+def time_steps(model, x, steps, hook, device, warmup=WARMUP) -> list[float]:
     opt = torch.optim.SGD(model.parameters(), lr=1e-4)
     times = []
-    cpu = 0.0
     for i in range(steps + warmup):
         sync(device)
         t0 = time.perf_counter()
-        c0 = time.process_time() - time.thread_time()
         opt.zero_grad()
         loss = model(x).float().pow(2).mean()
         loss.backward()
@@ -56,8 +56,7 @@ def time_steps(model, x, steps, hook, device, warmup=3) -> tuple[list[float], fl
         sync(device)
         if i >= warmup:
             times.append(time.perf_counter() - t0)
-            cpu += time.process_time() - time.thread_time() - c0
-    return times, cpu
+    return times
 
 
 def main() -> None:
@@ -72,7 +71,7 @@ def main() -> None:
     print(f"# {platform.machine()}, Python {platform.python_version()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, device {device}; {args.steps} steps per configuration, "
           f"interleaved over {args.rounds} rounds; medians. 'adds': the time added to the plain step; "
-          f"'worker': CPU per step off the training thread")
+          f"'worker': the worker thread's CPU per step")
     print(f"{'model':30} {'plain ms':>9} {'gradmidi':>9} {'adds us':>8} {'every=8':>8} {'adds us':>8} "
           f"{'clip_grad_norm_':>16} {'adds us':>8} {'per-layer .item()':>18} {'worker us':>10}")
     with tempfile.TemporaryDirectory() as folder:
@@ -91,18 +90,23 @@ def main() -> None:
                                                      for p in m.parameters(recurse=False)],
             }
             times: dict[str, list[float]] = {k: [] for k in hooks}
-            cpu = {k: 0.0 for k in hooks}
+            worker_clock = time.pthread_getcpuclockid(son._session._worker.ident)
             for _ in range(args.rounds):
                 for key, hook in hooks.items():
-                    took, spent = time_steps(model, x, max(1, args.steps // args.rounds), hook, device)
+                    took = time_steps(model, x, max(1, args.steps // args.rounds), hook, device)
                     times[key] += took
-                    cpu[key] += spent
+            # The worker's CPU, on its own thread's clock, over one uninterrupted run of steps (interleaved,
+            # its batches would fall in other configurations' steps).
+            time.sleep(2 * BATCH_SECONDS)
+            before = time.clock_gettime(worker_clock)
+            time_steps(model, x, args.steps, hooks["gradmidi"], device)
+            time.sleep(2 * BATCH_SECONDS)  # the last batch built
+            worker = (time.clock_gettime(worker_clock) - before) / (args.steps + WARMUP) * 1e6
             son.close()
             sparse.close()
             med = {k: statistics.median(v) for k, v in times.items()}
             base = med["plain"]
             adds = {k: (med[k] - base) * 1e6 for k in med}
-            worker = (cpu["gradmidi"] - cpu["plain"]) / len(times["gradmidi"]) * 1e6
             print(f"{name:30} {base * 1e3:9.3f} {med['gradmidi'] / base:8.3f}x {adds['gradmidi']:8.0f} "
                   f"{med['every8'] / base:7.3f}x {adds['every8']:8.0f} {med['clip'] / base:15.3f}x "
                   f"{adds['clip']:8.0f} {med['item'] / base:17.3f}x {worker:10.1f}")

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from gradmidi.clock import Clock
 from gradmidi.mapping import Mapping
 from gradmidi.pipeline import ScoreBuilder
-from gradmidi.score import ScoreHeader, StepRecord
+from gradmidi.score import Event, ScoreHeader, StepRecord
 from gradmidi.voices import plan_voices
 
 LAYERS = [("a", "Linear"), ("b", "Linear"), ("c", "Conv2d"), ("d", "LayerNorm"), ("e", "Embedding")]
@@ -202,3 +202,35 @@ def test_the_one_step_path_leaves_every_odd_step_to_the_general_path():
         assert b.quick_slots == 0
     finally:
         events.unregister("always")
+
+
+def test_a_users_rule_with_quiet_keeps_the_one_step_path_and_sees_every_step():
+    """The README's extension point: a rule that says when a step is quiet for it keeps live steps on the
+    one-step path; its state changes on those steps and it is called on the others."""
+    from gradmidi import events
+    from gradmidi.events import EventKind
+
+    class LossHigh:
+        def __init__(self, names, settings):
+            self.quiet_steps, self.called = [], []
+
+        def __call__(self, values):
+            self.called.append(values.step)
+            return [Event(values.step, "loss_high", (), values.loss)] if values.loss and values.loss > 2 else []
+
+        def quiet(self, values):
+            if values.loss is not None and values.loss > 2:
+                return None  # it sounds: the general path takes the step
+            return lambda: self.quiet_steps.append(values.step)
+
+    recs = [StepRecord(r.step, r.norms, np.ones(5, bool), 3.0 if r.step == 30 else r.loss) for r in records(5, 40)]
+    events.register(EventKind("loss_high", 75, "#123456", "loss high", "Claves: a test's rule.", LossHigh))
+    try:
+        b = builder()
+        slots = [s for r in recs for s in b.add_step(r)]
+    finally:
+        events.unregister("loss_high")
+    rule = next(r for r in b.detector.rules if isinstance(r, LossHigh))
+    assert b.quick_slots == len(rule.quiet_steps) > 20
+    assert sorted(rule.quiet_steps + rule.called) == list(range(40))  # every step seen once, one way or the other
+    assert 30 in rule.called and [e.kind for e in slots[30].events].count("loss_high") == 1

@@ -48,6 +48,9 @@ def _quicker_thread_switching(on: bool) -> None:
                 sys.setswitchinterval(_switch_saved)
 
 
+# A thread that slept long runs its first code slowly (0.2-0.5 ms here): the scheduler wakes this
+# much before a deadline and sleeps the rest once, warm, so sends keep to the grid.
+WAKE_EARLY = 0.001
 HEALTH_SECONDS = 1.0  # how often the scheduler checks that its port still exists
 HEALTH_SLACK = 0.02  # ... when nothing is due for this long
 
@@ -163,10 +166,12 @@ class LiveSink(Sink):
                         if not self.output.alive():
                             raise RuntimeError(f"{self.output.name} is gone")
                         continue
-                    # One wait to the deadline (a new slot or close() wakes it early): the kernel wakes it
-                    # within about 0.1 ms, inside a MIDI backend's own period (JACK's: 2.9 ms at 128
-                    # frames), and each extra wake-up of a thread that slept costs tens of microseconds.
-                    self._cond.wait(min(target - now, HEALTH_SECONDS))
+                    if target - now > WAKE_EARLY:  # a new slot or close() wakes it earlier still
+                        self._cond.wait(min(target - now - WAKE_EARLY, HEALTH_SECONDS))
+                        continue
+                left = target - time.monotonic()  # the last moment in one short sleep, outside the lock
+                if left > 0:
+                    time.sleep(left)
         except Exception as exc:  # a live fault must not reach training: stop playing, report once
             self.failed = str(exc) or type(exc).__name__
 
