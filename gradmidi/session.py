@@ -31,7 +31,7 @@ from .pipeline import ScoreBuilder
 from .score import Event, MarkerRecord, ScoreHeader, Slot, StepRecord
 from .sinks.base import Sink, SinkFanout
 
-BATCH_SECONDS = 0.05  # a batch's fixed cost (wake-up, host read, fan-out) spread over more steps
+BATCH_SECONDS = 0.1  # a batch's fixed cost (wake-up, host read, fan-out) spread over more steps
 REALTIME_BATCH_SECONDS = 0.004  # live, with steps closer than this: batches this long, a step at a time otherwise
 BLOCK_STEPS = 256  # a synchronous source's steps are built this many at a time
 RECENT_EVENTS = 10_000
@@ -90,6 +90,7 @@ class ScoreSession:
         self._queue: queue.Queue | None = None
         if threaded:
             self._queue = queue.Queue(maxsize=queue_size)
+            self._wake = threading.Event()  # cuts the worker's pause short at close
             # Live sound (here or a listener's) wants each step at once; otherwise batches are cheaper.
             self._batch_seconds = 0.0 if self._fanout.realtime else BATCH_SECONDS
             self._worker = threading.Thread(target=self._work, name="gradmidi", daemon=True)
@@ -149,6 +150,7 @@ class ScoreSession:
             for item in tail:
                 self._queue.put(item)
             self._queue.put(_STOP)
+            self._wake.set()
             self._worker.join()
         else:
             self._handle_all(self._drain_held() + tail)
@@ -183,7 +185,7 @@ class ScoreSession:
             pause = self._batch_seconds or (REALTIME_BATCH_SECONDS if now - last_batch < REALTIME_BATCH_SECONDS else 0)
             last_batch = now
             if running and pause:
-                time.sleep(pause)
+                self._wake.wait(pause)
         self._finish()
 
     def _drain_held(self) -> list:
