@@ -225,8 +225,12 @@ class ZScore:
         """
         if not self._settled or not len(x):
             return 0
-        if len(x) == 1:  # a live run's step, one at a time: the recurrence itself is cheaper
-            return self._advance_one(x[0], z, min_gap)
+        if len(x) == 1:  # one row: the scalar recurrence is cheaper
+            change = self.quiet(x[0].tolist(), z, min_gap)
+            if change is None:
+                return 0
+            change()
+            return 1
         finite = np.isfinite(x).all(axis=1)
         n = len(x) if finite.all() else int(np.argmin(finite))
         n = min(n, BLOCK_ROWS)
@@ -249,22 +253,11 @@ class ZScore:
             self.count += taken
         return taken
 
-    def _advance_one(self, x: np.ndarray, z: float, min_gap: float) -> int:
-        gap = x - self.mean
-        if not np.isfinite(gap).all():
-            return 0
-        if (((gap > z * np.sqrt(self.var)) & (gap > min_gap)) | (gap > self.big_gap)).any():
-            return 0
-        a = self.alpha
-        self.mean = self.mean + (1 - a) * gap
-        self.var = a * (self.var + (1 - a) * gap * gap)
-        self.count += 1
-        return 1
-
     def quiet(self, x: list[float], z: float, min_gap: float) -> Callable[[], None] | None:
-        """``update`` of a row that does not spike, in scalar Python (a live step's few values: numpy's
-        call overhead would be most of it): the state change to apply, or None where the row spikes
-        or is not yet past warm-up. Bit for bit the arithmetic of ``update``'s common step."""
+        """The common step of the recurrence, for a row past warm-up with nothing missing that does not
+        spike: the state change to apply, or None for any other row. Scalar Python: a row is a few
+        voices, where numpy's call overhead would be most of the work. ``update`` and ``advance``
+        take a single row through it too."""
         if not self._settled:
             return None
         a = self.alpha
@@ -283,17 +276,10 @@ class ZScore:
         return apply
 
     def update(self, x: np.ndarray, z: float, min_gap: float) -> np.ndarray:
-        gap = x - self.mean
-        if self._settled and np.isfinite(gap).all():
-            # The common step: nothing missing, past warm-up. A few vector ops, no masks.
-            std = np.sqrt(self.var)
-            spiked = ((gap > z * std) & (gap > min_gap)) | (gap > self.big_gap)
-            if not spiked.any():
-                a = self.alpha
-                self.mean += (1 - a) * gap
-                self.var = a * (self.var + (1 - a) * gap * gap)
-                self.count += 1
-                return spiked
+        change = self.quiet(x.tolist(), z, min_gap)  # the common step: nothing missing, past warm-up, no spike
+        if change is not None:
+            change()
+            return np.zeros(len(x), dtype=bool)
         self._settled = bool(self.count.min() >= max(self.warmup, self.early)) if self.count.size else True
         finite = np.isfinite(x)
         std = np.sqrt(np.maximum(self.var, 1e-12))
