@@ -45,7 +45,7 @@ model, opt, loader = accelerator.prepare(model, opt, loader)
 
 # Made after prepare(): under several processes Accelerate has started torch.distributed by then.
 with gradmidi.Sonifier(model, args.out) as son:  # only the main process writes
-    for epoch in range(args.epochs):
+    for _ in range(args.epochs):
         son.epoch()
         step_loss = torch.zeros(())
         for inputs, labels in loader:
@@ -63,3 +63,7 @@ with gradmidi.Sonifier(model, args.out) as son:  # only the main process writes
 if accelerator.is_main_process:
     print(f"{son.steps} steps sounded, {optimizer_steps} optimizer steps, "
           f"{len(loader) * args.epochs} micro-batches on this process")
+# The prepared model (DDP) holds the process group: let it go before destroying the group, or the group
+# is torn down at interpreter exit, too late for gloo's threads (an abort at exit, now and then).
+model, opt, loader = accelerator.free_memory(model, opt, loader)
+accelerator.end_training()
