@@ -1,10 +1,13 @@
 """Per-layer gradient norms on the device, handed to the host without a sync.
 
-The only module that knows torch tensors and devices. Per step it runs, for each
-(device, dtype) group, one fused ``_foreach_norm``, squares the norms and adds them
-into a per-layer vector with ``index_add_`` (the ``clip_grad_norm_`` recipe), then
-starts one non-blocking copy of that vector per device. The host reads it later, on
-the gradmidi worker thread, once the copy's event has completed.
+The only module that knows torch tensors and devices. The usual step (every gradient on
+one device, dense, of one dtype, not sharded) is two ops: one fused ``_foreach_norm`` and
+one ``stack`` of the per-tensor norms, with the loss as the last entry, then one non-blocking
+copy to the host; the host sums the squares per layer. Otherwise it runs, for each (device,
+dtype) group, one fused ``_foreach_norm``, squares the norms and adds them into a per-layer
+vector with ``index_add_`` (the ``clip_grad_norm_`` recipe), then starts one non-blocking copy
+of that vector per device. The host reads either later, on the gradmidi worker thread, once
+the copy's event has completed.
 
 Sharded gradients (FSDP2, HSDP, tensor parallelism: DTensors on a mesh of one or more
 dimensions). Each rank squares the norms of its local shards the same way, then one all-reduce
@@ -65,20 +68,48 @@ class _Partials(NamedTuple):
     owners: np.ndarray  # per element: its layer
 
 
+_EXACT_IN_FLOAT32 = (torch.float32, torch.bfloat16, torch.float16)  # a loss of these rides in the norms' stack
+
+
+def norm_dtype(dtype: torch.dtype) -> torch.dtype | None:
+    """The dtype ``_foreach_norm`` computes in: float32 for 16-bit gradients (their norm could overflow),
+    the gradients' own otherwise (float64 stays float64; a complex gradient's norm is real)."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else None
+
+
+class Segments(NamedTuple):
+    """Per-tensor norms in layer order: where each present layer's tensors start, and which layer it is."""
+
+    starts: np.ndarray
+    layers: np.ndarray
+    n_layers: int
+
+    def squares(self, norms: np.ndarray) -> np.ndarray:
+        """Per-layer sums of squares (float64) of per-tensor norms, over the last axis; absent layers 0."""
+        sums = np.add.reduceat(np.square(norms, dtype=np.float64), self.starts, axis=-1)
+        if len(self.layers) == self.n_layers:
+            return sums
+        out = np.zeros(norms.shape[:-1] + (self.n_layers,))
+        out[..., self.layers] = sums
+        return out
+
+
 class _Prepared(NamedTuple):
     """What a presence pattern needs each step, made once (see ``NormCapture._prepare``)."""
 
     plan: _Plan
     partials: _Partials | None
     present: torch.Tensor | None  # spread: which layers this rank has a gradient for, on the home device
+    segments: Segments | None = None  # one device, one plain dtype: per-tensor norms go to the host as they are
 
 
 class HostCopy(NamedTuple):
-    """One device's per-layer squares on their way to the host."""
+    """One device's per-layer squares (or per-tensor norms, see ``segments``) on their way to the host."""
 
     values: np.ndarray  # a view of the host tensor (pinned), or of the device tensor itself when that is the CPU
     ready: torch.Event | None  # read only after this event completes; None: already on the host
     ends_with_loss: bool  # the last entry is the step's loss, written on the device (never read there)
+    segments: Segments | None = None  # set: the values are per-tensor norms, summed per layer on the host
 
 
 @dataclass(frozen=True)
@@ -178,6 +209,8 @@ class PendingNorms:
             values = part.values
             if part.ends_with_loss:
                 loss, values = float(values[-1]), values[:-1]
+            if part.segments is not None:
+                values = part.segments.squares(values)
             if len(values) == n:
                 norms = np.sqrt(values, dtype=np.float64)  # sums of squares: never negative, no warning
                 norms[~present] = np.nan
@@ -215,14 +248,17 @@ class PendingNorms:
         training loop) are read as one matrix, so a batch costs a few array operations, not a few
         per step; any other step is read on its own."""
         simple = [p for p in pendings if p._reduced is None and len(p._parts) == 1 and p._parts[0].ready is None]
-        if len(simple) < 2 or len(simple) < len(pendings) or len({p._parts[0].values.shape for p in simple}) > 1:
+        if len(simple) < 2 or len(simple) < len(pendings):
             return [p.result() for p in pendings]
-        with_loss = simple[0]._parts[0].ends_with_loss
-        if any(p._parts[0].ends_with_loss != with_loss for p in simple):
-            return [p.result() for p in pendings]
+        first = simple[0]._parts[0]
+        if any(p._parts[0].ends_with_loss != first.ends_with_loss or p._parts[0].segments is not first.segments
+               or p._parts[0].values.shape != first.values.shape for p in simple):
+            return [p.result() for p in pendings]  # not one layout throughout
         values = np.stack([p._parts[0].values for p in simple]).astype(np.float64, copy=False)
-        losses: list[float | None] = values[:, -1].tolist() if with_loss else [p._loss for p in simple]
-        squares = values[:, :-1] if with_loss else values
+        losses: list[float | None] = values[:, -1].tolist() if first.ends_with_loss else [p._loss for p in simple]
+        squares = values[:, :-1] if first.ends_with_loss else values
+        if first.segments is not None:
+            squares = first.segments.squares(squares)
         present = np.stack([p._present for p in simple])
         with np.errstate(invalid="ignore"):
             norms = np.where(present, np.sqrt(squares), np.nan)
@@ -296,6 +332,16 @@ class NormCapture:
         loss_device = loss_tensor.device if loss_tensor is not None else None
         if self._reduction is not None:
             return self._launch_reduced(self._reduction, prepared, grads, present, loss_tensor, host_loss)
+        if prepared.segments is not None and (loss_tensor is None or (loss_tensor.dtype in _EXACT_IN_FLOAT32
+                                                                      and loss_device == prepared.plan[0][0])):
+            # The usual step: one fused norm pass and one stack, the loss riding along; the host sums the layers.
+            norms = list(torch._foreach_norm(grads, 2.0, dtype=norm_dtype(grads[0].dtype)))
+            if loss_tensor is not None:
+                loss_value = loss_tensor if loss_tensor.dim() == 0 else loss_tensor.reshape(())
+                norms.append(loss_value if loss_value.dtype == torch.float32 else loss_value.float())
+            values, ready = _to_host(torch.stack(norms))
+            return PendingNorms([HostCopy(values, ready, loss_tensor is not None, prepared.segments)], present,
+                                len(self.layers), host_loss)
         plan = prepared.plan
         parts: list[HostCopy] = []
         devices = [d for d, _ in plan]
@@ -349,7 +395,7 @@ class NormCapture:
                 tensors = [_dense(grads[j]) for j in idx]
             else:  # the common case: no per-tensor Python beyond the gather
                 tensors = grads if len(idx) == len(grads) else [grads[j] for j in idx]
-            norms = torch._foreach_norm(tensors, 2.0, dtype=torch.float32)
+            norms = torch._foreach_norm(tensors, 2.0, dtype=norm_dtype(tensors[0].dtype))
             squares = torch.stack(norms).to(acc_dtype).square_()
             if weights is not None:
                 squares.mul_(weights)
@@ -389,7 +435,7 @@ class NormCapture:
                 entries.append((idx, owners, local, scale, sparse))
             plan.append((device, entries))
         if reduction is None:
-            return _Prepared(plan, None, None)
+            return _Prepared(plan, None, None, self._segments(plan, grads, positions))
         acc = np.float32 if reduction.home.type == "mps" else np.float64
         partials = None
         if partial:
@@ -398,6 +444,20 @@ class NormCapture:
                                  np.repeat(self._owner[[positions[j] for j in partial]], sizes))
         here = _on_device(present.astype(acc), reduction.home) if reduction.spread else None
         return _Prepared(plan, partials, here)
+
+    def _segments(self, plan: _Plan, grads: list[torch.Tensor], positions: list[int]) -> Segments | None:
+        """The layout of ``launch``'s usual step, where it applies: every gradient on one device,
+        dense, of one dtype, in one plain (not sharded) group."""
+        if len(plan) != 1 or len(plan[0][1]) != 1:
+            return None
+        idx, _, local, scale, sparse = plan[0][1][0]
+        if local or sparse or scale is not None or idx != list(range(len(grads))):
+            return None
+        if grads[0].dtype not in _EXACT_IN_FLOAT32:  # a float64 gradient's norm would not stack with a float32 loss
+            return None
+        owners = self._owner[positions]  # non-decreasing: parameters are held in layer order
+        starts = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]])
+        return Segments(starts, owners[starts], len(self.layers))
 
     def _warn_partial(self, positions: list[int], lost: list[int]) -> None:
         """Partial gradients gradmidi cannot sum: under pipeline stages (the other stages cannot know

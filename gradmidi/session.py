@@ -8,9 +8,10 @@ construction), ``submit`` steps and markers (or ``add_slot`` for slots built els
 
 Threaded, the session never blocks its caller: ``submit`` hands the record to a bounded
 queue (a full queue drops the step and counts it) and a worker thread does the rest.
-Without real-time sinks the worker works in batches, ``BATCH_SECONDS`` apart, to spend
-fewer thread switches against a training thread that wants the interpreter; the steps of a
-batch are built as one block (``ScoreBuilder.add_steps``), in array operations. With them it
+Without real-time sinks the worker works in batches, ``BATCH_SECONDS`` apart (or a sink's
+``max_delay``, if shorter), to spend fewer thread switches and cold starts against a training
+thread that wants the interpreter; the steps of a batch are built as one block
+(``ScoreBuilder.add_steps``), in array operations. With them it
 takes each step as it comes (a one-step path builds it), unless steps come faster than
 ``REALTIME_BATCH_SECONDS``: then it takes them that many milliseconds at a time.
 """
@@ -31,7 +32,7 @@ from .pipeline import ScoreBuilder
 from .score import Event, MarkerRecord, ScoreHeader, Slot, StepRecord
 from .sinks.base import Sink, SinkFanout
 
-BATCH_SECONDS = 0.1  # a batch's fixed cost (wake-up, host read, fan-out) spread over more steps
+BATCH_SECONDS = 0.25  # a batch's fixed cost (about 1 ms: wake-up, host read, fan-out) spread over more steps
 REALTIME_BATCH_SECONDS = 0.004  # live, with steps closer than this: batches this long, a step at a time otherwise
 BLOCK_STEPS = 256  # a synchronous source's steps are built this many at a time
 RECENT_EVENTS = 10_000
@@ -92,7 +93,7 @@ class ScoreSession:
             self._queue = queue.Queue(maxsize=queue_size)
             self._wake = threading.Event()  # cuts the worker's pause short at close
             # Live sound (here or a listener's) wants each step at once; otherwise batches are cheaper.
-            self._batch_seconds = 0.0 if self._fanout.realtime else BATCH_SECONDS
+            self._batch_seconds = 0.0 if self._fanout.realtime else min(BATCH_SECONDS, self._fanout.max_delay)
             self._worker = threading.Thread(target=self._work, name="gradmidi", daemon=True)
             self._worker.start()
 
@@ -125,7 +126,7 @@ class ScoreSession:
 
     def add_slot(self, slot: Slot) -> None:
         """A slot built elsewhere (a served run's), straight to the sinks."""
-        self._emit(slot)
+        self._emit_all([slot])
 
     def tick(self) -> None:
         """Time-based sink work (flushes) for sessions without a worker."""
@@ -183,6 +184,8 @@ class ScoreSession:
             # a live output merges them to its tempo anyway, and each wake-up contends for the
             # interpreter with the training thread.
             pause = self._batch_seconds or (REALTIME_BATCH_SECONDS if now - last_batch < REALTIME_BATCH_SECONDS else 0)
+            if len(batch) * 4 > self._queue.maxsize:  # steps come fast: back before the queue fills and drops them
+                pause *= self._queue.maxsize / (4 * len(batch))
             last_batch = now
             if running and pause:
                 self._wake.wait(pause)
@@ -230,19 +233,23 @@ class ScoreSession:
 
     def _emit_all(self, slots: list[Slot]) -> None:
         for slot in slots:
-            self._emit(slot)
+            self._fanout.emit(slot)  # first: the bookkeeping below must not delay a live output
+        self._count(slots)
 
     def _finish(self) -> None:
         if self._builder is not None:
-            for slot in self._builder.finish():
-                self._emit(slot)
+            self._emit_all(self._builder.finish())
 
-    def _emit(self, slot: Slot) -> None:
-        self._fanout.emit(slot)  # first: the bookkeeping below must not delay a live output
-        self.events.extend(slot.events)
-        self.event_counts.update(e.kind for e in slot.events)
-        self.slots += 1
-        self.notes += int(np.count_nonzero(slot.pitches >= 0))
+    def _count(self, slots: list[Slot]) -> None:
+        """The session's tallies, a block of slots at a time (most slots hold no event)."""
+        if not slots:
+            return
+        for slot in slots:
+            if slot.events:
+                self.events.extend(slot.events)
+                self.event_counts.update(e.kind for e in slot.events)
+        self.slots += len(slots)
+        self.notes += int(np.count_nonzero(np.concatenate([slot.pitches for slot in slots]) >= 0))
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"

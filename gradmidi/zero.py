@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .capture import HostCopy, Layer, PendingNorms, _acc_dtype, _loss_parts, _on_device, _Summed, _to_host
+from .capture import HostCopy, Layer, PendingNorms, _acc_dtype, _loss_parts, _on_device, _Summed, _to_host, norm_dtype
 from .errors import GradmidiError
 
 # One entry of a step's plan: (indices into the step's pieces of one device and dtype, their layers there)
@@ -146,7 +146,8 @@ class ZeroCapture:
         totals = torch.zeros(n + 1, dtype=_acc_dtype(self._device), device=self._device)
         for idx, owners in plan:
             tensors = pieces if len(idx) == len(pieces) else [pieces[j] for j in idx]
-            squares = torch.stack(torch._foreach_norm(tensors, 2.0, dtype=torch.float32)).to(totals.dtype).square_()
+            norms = torch._foreach_norm(tensors, 2.0, dtype=norm_dtype(tensors[0].dtype))
+            squares = torch.stack(norms).to(totals.dtype).square_()
             totals.index_add_(0, owners, squares.to(totals.device))
         scale = float(optimizer.loss_scale)
         if scale != 1.0:  # fp16: the gradients are of the scaled loss

@@ -9,7 +9,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from gradmidi.capture import NormCapture, discover_layers
+import gradmidi
+from gradmidi.capture import NormCapture, PendingNorms, discover_layers
+
 
 @pytest.fixture(autouse=True)
 def seeded():
@@ -288,3 +290,70 @@ def test_root_module_with_own_parameters_is_a_layer_named_empty():
     layers, norms, present, _ = capture(layer)
     assert [(lay.name, lay.class_name) for lay in layers] == [("", "Linear")]
     assert_matches_reference(layers, norms, present)
+
+
+def _general(monkeypatch):
+    """Captures with the per-layer sums on the device (the path of several devices, dtypes or shards)."""
+    monkeypatch.setattr(NormCapture, "_segments", lambda *args: None)
+
+
+@pytest.mark.parametrize("loss_dtype", [torch.float32, torch.float64, torch.bfloat16, None])
+def test_the_usual_steps_per_tensor_norms_give_the_general_paths_norms_bit_for_bit(monkeypatch, loss_dtype):
+    model, loss = cnn_with_grads()
+    given = None if loss_dtype is None else loss.detach().to(loss_dtype)
+    patterns = [(), ("head.bias",), ("features.1.weight", "features.1.bias"), ("features.0.weight",)]
+
+    def steps(cap):
+        out = []
+        saved = {name: p.grad for name, p in model.named_parameters()}
+        for gone in patterns:  # layers absent, a layer with one of its tensors absent, each in turn
+            for name, p in model.named_parameters():
+                p.grad = None if name in gone else saved[name]
+            out.append(cap.launch(given))
+        for name, p in model.named_parameters():
+            p.grad = saved[name]
+        return out
+
+    usual = steps(NormCapture(discover_layers(model)))
+    taken = loss_dtype != torch.float64  # a float64 loss would lose digits in the float32 stack
+    assert all((p._parts[0].segments is not None) == taken for p in usual)
+    with monkeypatch.context() as patched:
+        _general(patched)
+        general = steps(NormCapture(discover_layers(model)))
+    assert all(p._parts[0].segments is None for p in general)
+    for ours, theirs in zip(usual, general, strict=True):
+        (norms, present, got), (want, want_present, want_loss) = ours.result(), theirs.result()
+        np.testing.assert_array_equal(norms, want)
+        np.testing.assert_array_equal(present, want_present)
+        assert got == want_loss
+    # read as one batch: steps of one presence pattern as a matrix, any mix one by one, the same values
+    for batch in (usual, usual[:1] * 3, [usual[0], usual[0]]):
+        for (norms, present, got), one in zip(PendingNorms.results(batch), batch, strict=True):
+            want, want_present, want_loss = one.result()
+            np.testing.assert_array_equal(norms, want)
+            np.testing.assert_array_equal(present, want_present)
+            assert got == want_loss
+
+
+def test_gradients_of_two_dtypes_take_the_general_path():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4).double())
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    pending = NormCapture(discover_layers(model)).launch(torch.tensor(2.0))
+    assert all(part.segments is None for part in pending._parts)
+    norms, present, loss = pending.result()
+    np.testing.assert_allclose(norms, [math.sqrt(20)] * 2)
+    assert present.all() and loss == 2.0
+
+
+def test_float64_gradients_are_normed_in_float64(tmp_path):
+    model = SmallCNN().double()
+    loss = model(torch.randn(4, 3, 8, 8, dtype=torch.float64)).pow(2).mean()
+    loss.backward()
+    layers, norms, present, got = capture(model, loss)
+    assert_matches_reference(layers, norms, present, rel=1e-12)  # float32 norms would be off by ~1e-7
+    assert got == loss.item()
+    with gradmidi.Sonifier(model, tmp_path / "double.mid") as son:  # a double-precision model trains and is heard
+        for _ in range(3):
+            son.step(loss=loss)
+    assert gradmidi.read_score(tmp_path / "double.mid").summary()["steps"] == 3

@@ -27,11 +27,11 @@ class OpRecorder(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def _ops_per_step(n_layers: int, dtype=torch.float32) -> Counter[str]:
+def _ops_per_step(n_layers: int, dtype=torch.float32, loss_dtype=torch.float32) -> Counter[str]:
     model = nn.Sequential(*[nn.Linear(8, 8) for _ in range(n_layers)]).to(dtype)
     with gradmidi.Sonifier(model, None, max_voices=15) as son:
         model(torch.randn(4, 8, dtype=dtype)).float().pow(2).mean().backward()
-        loss = torch.tensor(1.5)
+        loss = torch.tensor(1.5, dtype=loss_dtype)
         son.step(loss=loss)  # first step builds and caches the plan (index tensors)
         recorder = OpRecorder()
         with recorder:
@@ -48,8 +48,16 @@ def test_step_dispatches_no_host_read():
 def test_step_cost_does_not_grow_with_the_number_of_layers():
     few, many = _ops_per_step(3), _ops_per_step(300)
     assert few == many, (few, many)
+    # the usual step: the fused norms and one stack, the loss riding along (and the loss's detach)
+    assert many == Counter({"_foreach_norm": 1, "stack": 1, "detach": 2}), many
+    assert _ops_per_step(3, torch.bfloat16) == many  # half-precision gradients: their norms are float32 all the same
+
+
+def test_a_loss_of_another_dtype_takes_the_general_path_still_without_a_host_read():
+    few, many = _ops_per_step(3, loss_dtype=torch.float64), _ops_per_step(300, loss_dtype=torch.float64)
+    assert few == many, (few, many)
     assert sum(many.values()) <= 12  # zeros, norm, stack, cast, square, index_add, loss write, copy
-    assert many["_foreach_norm"] == 1
+    assert many["_foreach_norm"] == 1 and "_local_scalar_dense" not in many
 
 
 def test_one_fused_norm_per_dtype_group():

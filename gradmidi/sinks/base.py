@@ -7,6 +7,7 @@ a slot sounds like comes from ``gradmidi.notes``.
 
 from __future__ import annotations
 
+import math
 import warnings
 
 from ..score import ScoreHeader, Slot
@@ -16,11 +17,13 @@ class Sink:
     """Receives the score. Subclasses override what they need; all calls come from one thread.
 
     ``realtime``: the sink plays (or streams to someone who plays) as the run goes, so the
-    session hands it each slot at once instead of in cheaper batches.
+    session hands it each slot at once instead of in cheaper batches. ``max_delay``: otherwise,
+    the longest (seconds) a slot may wait in the session's batches before this sink sees it.
     """
 
     name = "sink"
     realtime = False
+    max_delay = math.inf
 
     def open(self, header: ScoreHeader) -> None:
         """Called once before the first slot."""
@@ -50,6 +53,10 @@ class SinkFanout:
     @property
     def realtime(self) -> bool:
         return any(sink.realtime for sink in self.sinks)
+
+    @property
+    def max_delay(self) -> float:
+        return min((sink.max_delay for sink in self.sinks), default=math.inf)
 
     def _call(self, method: str, *args, realtime_first: bool = False) -> None:
         sinks = sorted(self.sinks, key=lambda sink: not sink.realtime) if realtime_first else list(self.sinks)

@@ -87,6 +87,11 @@ class MidiFileSink(Sink):
         self._pitches: list[np.ndarray] = []
         self._velocities: list[np.ndarray] = []
 
+    @property
+    def max_delay(self) -> float:  # type: ignore[override]
+        """Steps reach the file at least as often as it is flushed (a crash loses at most that much)."""
+        return self.flush_interval
+
     def open(self, header: ScoreHeader) -> None:
         _WRITING[self.path.resolve()] = self
         self.header = header
