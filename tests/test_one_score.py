@@ -300,3 +300,22 @@ with gradmidi.Sonifier(model, {str(tmp_path / "kind.mid")!r}) as son:
     assert score.header.drums["loss_high"] == 75
     assert (7, "loss_high") in [(score.step_of(slot), kind) for slot, kind in score.drums]
     assert score.summary()["events"]["loss_high"] == 1
+
+
+def test_a_sink_that_cannot_wait_is_handed_each_slot_within_its_max_delay(monkeypatch):
+    import gradmidi.session
+
+    monkeypatch.setattr(gradmidi.session, "BATCH_SECONDS", 30.0)  # batches far apart: only max_delay brings slots sooner
+
+    class Impatient(Recorder):
+        max_delay = 0.05
+
+    model = nn.Linear(2, 2)
+    sink = Impatient()
+    with gradmidi.Sonifier(model, None, sinks=[sink]) as son:
+        for step in range(3):  # the first comes at once; the next two only if the worker's pause is cut short
+            for p in model.parameters():
+                p.grad = torch.full_like(p, step + 1.0)
+            son.step()
+            wait_for(lambda step=step: len(sink.slots) > step, 10, f"slot {step}")
+    assert [slot.first_step for slot in sink.slots] == [0, 1, 2]
