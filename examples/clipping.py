@@ -30,7 +30,7 @@ opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
 clipped = 0
 
 with gradmidi.Sonifier(model, args.out, scale="dorian", key="D") as son:
-    for step in range(args.steps):
+    for _ in range(args.steps):
         idx = torch.randint(0, len(x), (32,))
         opt.zero_grad()
         loss = F.cross_entropy(model(x[idx]), y[idx])

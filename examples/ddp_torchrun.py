@@ -52,18 +52,18 @@ opt = torch.optim.SGD(trained.parameters(), lr=0.1, momentum=0.9)
 
 
 @contextlib.contextmanager
-def gradient_sync(enabled: bool):
+def gradient_sync(module: nn.Module, enabled: bool):
     """DDP's no_sync(), or FSDP2's set_requires_gradient_sync(False), around a micro-batch."""
     if enabled:
         yield
     elif args.fsdp:
-        trained.set_requires_gradient_sync(False)
+        module.set_requires_gradient_sync(False)
         try:
             yield
         finally:
-            trained.set_requires_gradient_sync(True)
+            module.set_requires_gradient_sync(True)
     else:
-        with trained.no_sync():
+        with module.no_sync():
             yield
 
 
@@ -73,7 +73,7 @@ with gradmidi.Sonifier(trained, args.out, scale="dorian", key="E") as son:
         sampler.set_epoch(epoch)
         for i, (xb, yb) in enumerate(loader):
             last_micro = (i + 1) % args.accumulate == 0
-            with gradient_sync(last_micro):
+            with gradient_sync(trained, last_micro):
                 loss = F.cross_entropy(trained(xb), yb) / args.accumulate
                 loss.backward()
             son.step(loss=loss)  # every rank, every micro-batch: the unsynced ones are skipped

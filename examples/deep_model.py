@@ -40,7 +40,7 @@ with gradmidi.Sonifier(model, args.out) as son:
     for voice in son.voices:
         print(f"  ch {voice.channel + 1:2d}  {gradmidi.GM_PROGRAMS[voice.program]:24s} {voice.name} "
               f"({len(voice.layers)} layers)")
-    for step in range(args.steps):
+    for _ in range(args.steps):
         tokens = torch.randint(0, 64, (8, 16))
         opt.zero_grad()
         logits = model(tokens[:, :-1])

@@ -31,7 +31,7 @@ opt = torch.optim.SGD(model.parameters(), lr=0.05)
 scaler = torch.amp.GradScaler(device, init_scale=2.0**24)
 
 with gradmidi.Sonifier(model, args.out) as son:
-    for step in range(args.steps):
+    for _ in range(args.steps):
         idx = torch.randint(0, len(x), (32,))
         opt.zero_grad()
         with torch.autocast(device, dtype=torch.float16):

@@ -29,7 +29,7 @@ model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.LayerNorm(128), nn.Linea
 opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
 
 with gradmidi.Sonifier(model, args.out, scale="major_pentatonic", key="D") as son:
-    for epoch in range(args.epochs):
+    for _ in range(args.epochs):
         for xb, yb in loader:
             opt.zero_grad()
             loss = F.cross_entropy(model(xb), yb)

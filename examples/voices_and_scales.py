@@ -36,7 +36,7 @@ with gradmidi.Sonifier(
     programs={"stem": "Cello", "body": "Vibraphone", "head": "Flute"},
     scale="major", key="Eb", low_note=48, high_note=84, velocity="norm", arpeggio=True,
 ) as son:
-    for step in range(args.steps):
+    for _ in range(args.steps):
         opt.zero_grad()
         loss = F.cross_entropy(model(torch.randn(16, 1, 16, 16)), torch.randint(0, 10, (16,)))
         loss.backward()
