@@ -235,6 +235,8 @@ class PendingNorms:
             if part.ends_with_loss:
                 loss = float(values[-1])
                 values = values[:-1]
+            if part.segments is not None:  # per-tensor norms: their layers' squares
+                values = part.segments.squares(values)
             if len(values):
                 squares += values
         with np.errstate(invalid="ignore"):
